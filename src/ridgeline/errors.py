@@ -1,0 +1,13 @@
+"""One exception family. The CLI prints any RidgelineError as one line, never a traceback."""
+
+
+class RidgelineError(Exception):
+    """A user-facing error whose message is a single line naming the bad value and the fix."""
+
+
+class HParamError(RidgelineError, ValueError):
+    """A hyperparameter outside its allowed range."""
+
+
+class DataError(RidgelineError):
+    """CIFAR-10 could not be found, downloaded, or verified."""

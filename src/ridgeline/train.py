@@ -1,0 +1,274 @@
+"""Train one ResNet-9 on CIFAR-10 and return a JSON-able RunResult.
+
+One function, ``train``, that every other part of ridgeline calls to evaluate a setting. The
+schedule, optimiser, precision and divergence handling live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ridgeline import augment
+from ridgeline.errors import HParamError, RidgelineError
+from ridgeline.hparams import HParams
+from ridgeline.model import ResNet9
+from ridgeline.presets import Preset, get_preset
+
+# CIFAR-10 training-set channel statistics on a 0..255 scale (fixed, so runs on subsets or
+# synthetic data normalise the same way).
+MEAN = (125.307, 122.950, 113.865)
+STD = (62.993, 62.089, 66.705)
+
+
+class TrainHook(Protocol):
+    """Opt-in instrumentation (e.g. ridgeline.diagnostics). ``result()`` lands in extras[name]."""
+
+    name: str
+
+    def on_train_start(self, model: torch.nn.Module, optimizer, hparams: HParams,
+                       total_steps: int) -> None: ...
+    def before_step(self, step: int, model: torch.nn.Module, lr: float) -> None: ...
+    def after_step(self, step: int, model: torch.nn.Module, lr: float) -> None: ...
+    def result(self) -> dict: ...
+
+
+@dataclass
+class RunResult:
+    """Everything a run reports. ``test_acc``/``train_loss`` are None when the run diverged."""
+
+    test_acc: float | None
+    train_loss: float | None
+    diverged: bool
+    epochs: list[dict]
+    wall_time: float  # seconds: model build + training + evaluation, data loading excluded
+    train_time: float  # seconds inside the training loops only
+    images_per_sec: float
+    hparams: dict
+    preset: str
+    seed: int
+    device: str
+    precision: str
+    versions: dict
+    extras: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunResult:
+        return cls(**d)
+
+
+def lr_schedule(hp: HParams, steps_per_epoch: int) -> Callable[[int], float]:
+    """Piecewise linear 0 → λ (end of warm-up) → 0 (end of training), evaluated per step.
+
+    As in Page's code, step s (0-based) uses the schedule at epoch (s+1)/steps_per_epoch, so the
+    first step already has a small positive lr and the last one ends exactly at 0.
+    """
+    knots_x = [0.0, hp.warmup_epochs, float(hp.epochs)]
+    knots_y = [0.0, hp.lr, 0.0]
+    if hp.warmup_epochs == 0:
+        knots_x, knots_y = knots_x[1:], knots_y[1:]
+
+    def lr_at(step: int) -> float:
+        return float(np.interp((step + 1) / steps_per_epoch, knots_x, knots_y))
+
+    return lr_at
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RidgelineError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise RidgelineError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RidgelineError(f"device {device!r} requested but CUDA is not available: use cpu")
+    return dev
+
+
+def resolve_precision(precision: str, dev: torch.device) -> torch.dtype | None:
+    """'auto' is bf16 autocast (CPU, and CUDA where supported, else fp16); 'fp32' disables it."""
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "auto":
+        if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if precision not in table:
+        raise RidgelineError(f"unknown precision {precision!r}: use auto, bf16, fp16 or fp32")
+    if precision == "fp16" and dev.type == "cpu":
+        raise RidgelineError("precision 'fp16' is CUDA-only: use bf16 or fp32 on cpu")
+    return table[precision]
+
+
+def make_optimizer(model: torch.nn.Module, hp: HParams) -> torch.optim.SGD:
+    """SGD with Nesterov momentum ρ and coupled weight decay α on every parameter, as Page."""
+    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=hp.momentum,
+                           nesterov=hp.momentum > 0, weight_decay=hp.weight_decay)
+
+
+def normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return ((images.float() - mean) / std).to(dtype)
+
+
+def versions() -> dict:
+    import ridgeline
+
+    return {"ridgeline": ridgeline.__version__, "torch": torch.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = 1000) -> float:
+    """Test accuracy over the whole set, in eval mode (BatchNorm running statistics)."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = normalise(images[i:i + batch_size].to(dev), torch.float32)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        correct += (out.argmax(1) == labels[i:i + batch_size].to(dev)).sum().item()
+    model.train()
+    return correct / len(images)
+
+
+def train(
+    hparams: HParams | None = None,
+    preset: str | Preset = "cpu-mini",
+    seed: int = 0,
+    device: str | None = "auto",
+    data=None,
+    data_root=None,
+    hooks: Sequence[TrainHook] = (),
+    progress: bool = False,
+    eval_each_epoch: bool = False,
+    precision: str = "auto",
+) -> RunResult:
+    """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
+
+    ``data`` is a ridgeline.data.Cifar10 (tests pass synthetic ones); otherwise it is loaded
+    from ``data_root`` / $RIDGELINE_DATA. A non-finite loss ends the run as diverged.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    hp = hparams or preset.hparams
+    dev = resolve_device(device)
+    amp_dtype = resolve_precision(precision, dev)
+    if data is None:
+        from ridgeline.data import load_cifar10
+
+        data = load_cifar10(data_root)
+    data = data.subset(preset.train_size)
+    n_train = len(data.train_labels)
+    if hp.batch_size > n_train:
+        raise HParamError(f"batch_size={hp.batch_size} is not allowed: it must be <= the "
+                          f"{n_train} training images of preset {preset.name!r}")
+
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    store_dtype = amp_dtype if (amp_dtype is not None and dev.type == "cuda") else torch.float32
+    padded = augment.pad(normalise(data.train_images.to(dev), store_dtype))
+    labels = data.train_labels.to(dev)
+    model = ResNet9(preset.width).to(dev, memory_format=torch.channels_last)
+    opt = make_optimizer(model, hp)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    steps_per_epoch = n_train // hp.batch_size  # drop_last
+    total_steps = steps_per_epoch * hp.epochs
+    lr_at = lr_schedule(hp, steps_per_epoch)
+    check_every = 1 if dev.type == "cpu" else 50  # .item() syncs a GPU; free on a CPU
+    for h in hooks:
+        h.on_train_start(model, opt, hp, total_steps)
+
+    log: list[dict] = []
+    diverged, train_time, step = False, 0.0, 0
+    bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True,
+               desc=f"{preset.name} seed {seed}")
+    for epoch in range(hp.epochs):
+        t0 = time.perf_counter()
+        x_all = augment.augment(padded, gen).contiguous(memory_format=torch.channels_last)
+        order = torch.randperm(n_train, generator=gen, device=dev)
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        for b in range(steps_per_epoch):
+            idx = order[b * hp.batch_size:(b + 1) * hp.batch_size]
+            x, y = x_all[idx], labels[idx]
+            lr = lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            for h in hooks:
+                h.before_step(step, model, lr)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            for h in hooks:
+                h.after_step(step, model, lr)
+            loss_sum += loss.detach()
+            correct += (out.argmax(1) == y).sum()
+            step += 1
+            if step % check_every == 0 and not math.isfinite(loss.item()):
+                diverged = True
+                break
+            if progress and (step % 10 == 0 or b == steps_per_epoch - 1):
+                elapsed = train_time + time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
+                                img_s=f"{step * hp.batch_size / elapsed:.0f}", refresh=False)
+                bar.update(step - bar.n)
+        seconds = time.perf_counter() - t0
+        train_time += seconds
+        mean_loss = loss_sum.item() / max(1, b + 1)
+        diverged = diverged or not math.isfinite(mean_loss)
+        entry = {"epoch": epoch + 1, "train_loss": mean_loss if not diverged else None,
+                 "train_acc": correct.item() / ((b + 1) * hp.batch_size), "lr": lr,
+                 "seconds": seconds, "images_per_sec": (b + 1) * hp.batch_size / seconds}
+        if diverged:
+            log.append(entry)
+            break
+        if eval_each_epoch and epoch + 1 < hp.epochs:
+            entry["test_acc"] = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype)
+        log.append(entry)
+    bar.close()
+
+    test_acc = None
+    if not diverged:
+        test_acc = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype)
+        log[-1]["test_acc"] = test_acc
+    return RunResult(
+        test_acc=test_acc,
+        train_loss=None if diverged else log[-1]["train_loss"],
+        diverged=diverged,
+        epochs=log,
+        wall_time=time.perf_counter() - t_start,
+        train_time=train_time,
+        images_per_sec=step * hp.batch_size / max(train_time, 1e-9),
+        hparams=hp.to_dict(),
+        preset=preset.name,
+        seed=seed,
+        device=str(dev),
+        precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
+        versions=versions(),
+        extras={h.name: h.result() for h in hooks},
+    )
