@@ -72,6 +72,68 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(result.to_dict()))
 
 
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    from ridgeline import diagnostics
+
+    if args.from_json:
+        diag = diagnostics.load_diagnostics(args.from_json)
+    else:
+        from ridgeline.train import train
+
+        preset, hp = hparams_from_args(args)
+        result = train(hp, preset, seed=args.seed, device=args.device, data=load_data(args),
+                       hooks=[diagnostics.WeightNormHook(args.every)], progress=not args.quiet,
+                       precision=args.precision)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(result.to_json())
+        acc = "diverged" if result.diverged else f"test accuracy {result.test_acc:.2%}"
+        print(f"{acc} | {preset.name} seed {args.seed} on {result.device} ({result.precision})")
+        diag = result.extras[diagnostics.HOOK_NAME]
+    print(diagnostics.report(diag, args.plot, args.tol))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from ridgeline import sweep
+
+    preset, hp = hparams_from_args(args)
+    spec = sweep.make_grid(args.slice, preset.name, hp, tuple(args.steps),
+                           None if args.span is None else tuple(args.span), args.seeds)
+    n_points = len(spec.values[0]) * len(spec.values[1]) * len(spec.seeds)
+    print(f"{spec.slice_name} on {preset.name}: {n_points} runs "
+          f"({len(spec.values[0])} x {len(spec.values[1])} x {len(spec.seeds)} seeds)")
+    for axis, values in zip(spec.axes, spec.values, strict=True):
+        print(f"  {axis}: {', '.join(f'{v:g}' for v in values)}")
+    if args.dry_run:
+        return
+    objective = args.objective
+    if objective is None:
+        data = load_data(args)  # fail fast on missing data, before any worker starts
+        objective = sweep.TrainObjective(args.data, args.download, args.device, args.precision,
+                                         data=data if args.workers == 1 else None)
+    report = sweep.run_sweep(spec, args.storage, args.study, objective, args.workers,
+                             progress=not args.quiet, stale_after=args.stale_after)
+    print(report.summary())
+    failed = report.ran.get("failed", 0)
+    if failed:
+        raise RidgelineError(f"{failed} runs failed (see user attr 'failure' in the study): "
+                             f"re-run the same command to retry them")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from ridgeline import plots
+
+    results = plots.plot_all(args.storage, args.study, args.out, args.floor)
+    for name, r in results.items():
+        best = ", ".join(f"{k}={v:g}" for k, v in r["best"].items() if k != "test_acc")
+        fit = r["fit"]
+        ridge = "" if fit is None else " | " + plots.RidgeFit(**{
+            **fit, "points": []}).describe()
+        print(f"{name}: {r['cells_done']}/{r['cells']} cells, best "
+              f"{r['best']['test_acc']:.2%} at {best}{ridge} -> {r['png']}")
+    print(f"fits: {Path(args.out, 'fits.json')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ridgeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +147,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the RunResult as JSON")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("diagnose", help="log ‖w‖ and angular updates of the BN-fed convs and "
+                       "check them against the rotational-equilibrium prediction")
+    add_hparam_flags(p)
+    add_run_flags(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from", dest="from_json", metavar="RUN_JSON",
+                   help="read a saved `diagnose --out` RunResult instead of training")
+    p.add_argument("--every", type=int, default=10, help="log every this many steps")
+    p.add_argument("--tol", type=float, default=0.1,
+                   help="in equilibrium: measured/predicted angle within 1±tol")
+    p.add_argument("--plot", default="diagnose.png", help="write the figure (PNG) here")
+    p.add_argument("--out", help="write the RunResult JSON (with the log) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("sweep", help="run (or resume) a 2-D log2 grid of runs as an Optuna study")
+    add_hparam_flags(p)  # the grid is centred on these values
+    add_run_flags(p)
+    p.add_argument("--slice", required=True, metavar="A-B",
+                   help="lr-batch, lr-momentum, lr-wd (the paper's), or any two of "
+                        "lr, batch, momentum, wd")
+    p.add_argument("--steps", type=int, nargs="+", default=[7], metavar="K",
+                   help="grid points per axis (one value, or one per axis)")
+    p.add_argument("--span", type=float, nargs="+", metavar="S",
+                   help="octaves each side of the centre (default (steps-1)/2: factor 2 apart)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..k-1 per grid point")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    p.add_argument("--storage", help="journal file or database URL "
+                   "(default: $RIDGELINE_STORAGE or ./ridgeline.journal)")
+    p.add_argument("--study", help="study name (default: SLICE-PRESET, e.g. lr-wd-cpu-mini)")
+    p.add_argument("--objective", metavar="MODULE:FUNCTION",
+                   help="run this instead of training (tests, other models)")
+    p.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS",
+                   help="re-run RUNNING points of other hosts silent this long")
+    p.add_argument("--dry-run", action="store_true", help="print the grid and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="heatmaps, tables and ridge fits of sweep studies")
+    p.add_argument("--storage", help="journal file or database URL "
+                   "(default: $RIDGELINE_STORAGE or ./ridgeline.journal)")
+    p.add_argument("--study", nargs="+", help="study names (default: every sweep study)")
+    p.add_argument("--out", default="landscapes", help="output folder")
+    p.add_argument("--floor", type=float, default=3.0, metavar="PP",
+                   help="colour floor in percentage points below the best cell")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

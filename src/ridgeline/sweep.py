@@ -1,0 +1,523 @@
+"""2-D log2 grids over two hyperparameters, run as enqueued Optuna trials, resumable.
+
+Grid. Each axis is ``steps`` points, log-uniform from centre·2^−span to centre·2^+span, the
+centre being the preset's value (or a --lr/--momentum/... override); the default span,
+(steps−1)/2, puts a factor of 2 between neighbours. ``momentum`` is gridded in 1−ρ (the
+quantity the paper's λ/(1−ρ) ridge is linear in), ``batch_size`` values are rounded to the
+nearest integer (two that round alike are an error). Every point is run for ``seeds`` seeds.
+
+Resumption. The coordinator (``run_sweep``) FAILs stale RUNNING trials, then enqueues every
+grid point that has no COMPLETE, WAITING or live RUNNING trial; workers claim WAITING trials one
+at a time (Optuna's first-RUNNING-write-wins), so N workers never run a point twice and a killed
+sweep loses only the runs it had in flight. Points are enqueued seed-major, so a partial sweep
+already holds a whole single-seed map.
+
+Objective. ``objective(hparams, preset_name, seed)`` returns a RunResult (or its dict), a float
+test accuracy, or None for a diverged run. Worker processes are spawned, so pass either a
+module-level callable or a ``"module:function"`` string; the default trains ResNet-9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import multiprocessing as mp
+import os
+import pickle
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from ridgeline import study as st
+from ridgeline.errors import HParamError, RidgelineError
+from ridgeline.hparams import HParams
+from ridgeline.presets import get_preset
+
+AXES = ("lr", "batch_size", "momentum", "weight_decay")
+SHORT = {"lr": "lr", "batch_size": "batch", "momentum": "momentum", "weight_decay": "wd"}
+ALIASES = {**{v: k for k, v in SHORT.items()}, **{a: a for a in AXES}, "bs": "batch_size",
+           "batch-size": "batch_size", "weight-decay": "weight_decay", "mom": "momentum"}
+SLICES = {"lr-batch": ("lr", "batch_size"), "lr-momentum": ("lr", "momentum"),
+          "lr-wd": ("lr", "weight_decay")}  # the paper's three landscapes
+SPEC_ATTR = "ridgeline_spec"  # study user attr: the latest GridSpec, for `ridgeline plot`
+
+
+# ----------------------------------------------------------------------------- grid
+
+@dataclass(frozen=True)
+class GridPoint:
+    hparams: HParams
+    seed: int
+    index: tuple[int, int]  # position along (axes[0], axes[1])
+    key: str
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    axes: tuple[str, str]
+    values: tuple[tuple, tuple]  # raw hyperparameter values along each axis
+    base: HParams
+    preset: str
+    seeds: tuple[int, ...]
+
+    @property
+    def slice_name(self) -> str:
+        return f"{SHORT[self.axes[0]]}-{SHORT[self.axes[1]]}"
+
+    def default_study_name(self) -> str:
+        return f"{self.slice_name}-{self.preset}"
+
+    def points(self) -> list[GridPoint]:
+        """Seed-major, so the first pass over the grid is a complete single-seed map."""
+        a, b = self.axes
+        out = []
+        for seed in self.seeds:
+            for i, va in enumerate(self.values[0]):
+                for j, vb in enumerate(self.values[1]):
+                    hp = self.base.replace(**{a: va, b: vb})
+                    out.append(GridPoint(hp, seed, (i, j), st.point_key(hp, self.preset, seed)))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"axes": list(self.axes), "values": [list(v) for v in self.values],
+                "base": self.base.to_dict(), "preset": self.preset, "seeds": list(self.seeds)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GridSpec:
+        return cls(tuple(d["axes"]), (tuple(d["values"][0]), tuple(d["values"][1])),
+                   HParams(**d["base"]), d["preset"], tuple(d["seeds"]))
+
+
+def parse_slice(text: str) -> tuple[str, str]:
+    """'lr-wd', 'momentum-wd', 'lr-batch_size', ...: any two distinct axes, short or long."""
+    parts = text.split("-")
+    names = [ALIASES.get(p) for p in parts]
+    if len(parts) != 2 or None in names or names[0] == names[1]:
+        raise RidgelineError(
+            f"bad slice {text!r}: use A-B with two different of lr, batch, momentum, wd "
+            f"(the paper's: {', '.join(SLICES)})")
+    return names[0], names[1]
+
+
+def _clean(v: float) -> float:
+    return float(f"{v:.10g}")
+
+
+def axis_values(name: str, centre: float, steps: int, span: float | None = None) -> tuple:
+    """``steps`` log2-uniform values about ``centre`` (see the module docstring)."""
+    if not (isinstance(steps, int) and steps >= 1):
+        raise RidgelineError(f"steps={steps!r} for {name} is not allowed: it must be an int >= 1")
+    span = (steps - 1) / 2 if span is None else span
+    if not (math.isfinite(span) and span >= 0):
+        raise RidgelineError(f"span={span!r} for {name} is not allowed: it must be >= 0 octaves")
+    offsets = [0.0] if steps == 1 else [-span + 2 * span * k / (steps - 1) for k in range(steps)]
+    if name == "momentum":
+        return _momentum_values(centre, offsets)
+    if not centre > 0:
+        raise RidgelineError(f"cannot grid {name} in log2 about {centre!r}: its centre must be "
+                             f"> 0 (set --{name.replace('_', '-')})")
+    vals = [centre * 2**o for o in offsets]
+    if name == "batch_size":
+        ints = [max(1, round(v)) for v in vals]
+        if len(set(ints)) < len(ints):
+            raise RidgelineError(f"batch_size values {ints} collide after rounding to integers: "
+                                 f"use fewer steps or a wider span")
+        return tuple(ints)
+    return tuple(_clean(v) for v in vals)
+
+
+def _momentum_values(centre: float, offsets: list[float]) -> tuple:
+    gaps = [(1 - centre) * 2**o for o in offsets]
+    if max(gaps) > 1:
+        raise RidgelineError(f"momentum grid leaves [0, 1): 1-momentum would reach {max(gaps):.3g}"
+                             f" > 1 about momentum={centre}: use a smaller span")
+    return tuple(_clean(1 - g) for g in gaps)
+
+
+def make_grid(axes: tuple[str, str] | str, preset: str = "cpu-mini", base: HParams | None = None,
+              steps: tuple[int, int] | int = 7, span=None, seeds: int = 1) -> GridSpec:
+    """Validate everything up front, so a bad grid fails in one line, not in worker 3 at 2 am."""
+    axes = parse_slice(axes) if isinstance(axes, str) else tuple(axes)
+    if len(axes) != 2 or any(a not in AXES for a in axes) or axes[0] == axes[1]:
+        raise RidgelineError(f"axes {axes!r} are not allowed: pick two different of {AXES}")
+    p = get_preset(preset)
+    base = base or p.hparams
+    steps, spans = _per_axis(steps, "steps"), _per_axis(span, "span")
+    if not (isinstance(seeds, int) and seeds >= 1):
+        raise RidgelineError(f"seeds={seeds!r} is not allowed: it must be an int >= 1")
+    values = tuple(axis_values(a, getattr(base, a), n, s)
+                   for a, n, s in zip(axes, steps, spans, strict=True))
+    spec = GridSpec(axes, values, base, p.name, tuple(range(seeds)))
+    _check_points(spec, p.train_size or 50_000)
+    return spec
+
+
+def _per_axis(value, name: str) -> tuple:
+    """One value for both axes, or one per axis."""
+    if value is None or isinstance(value, (int, float)):
+        return (value, value)
+    value = tuple(value)
+    if len(value) == 1:
+        return value * 2
+    if len(value) != 2:
+        raise RidgelineError(f"{name} {list(value)}: give one value, or one per axis (two)")
+    return value
+
+
+def _check_points(spec: GridSpec, n_train: int) -> None:
+    a, b = spec.axes
+    for va in spec.values[0]:
+        for vb in spec.values[1]:
+            try:
+                hp = spec.base.replace(**{a: va, b: vb})
+            except HParamError as e:
+                raise RidgelineError(f"grid point {a}={va:g}, {b}={vb:g}: {e}") from None
+            if hp.batch_size > n_train:
+                raise RidgelineError(f"grid point batch_size={hp.batch_size} exceeds the {n_train}"
+                                     f" training images of preset {spec.preset!r}: narrow the span")
+            for name, dist in st.DISTRIBUTIONS.items():
+                v = getattr(hp, name, None)
+                if v is not None and not dist.low <= v <= dist.high:
+                    raise RidgelineError(f"grid value {name}={v:g} is outside the recordable "
+                                         f"range [{dist.low:g}, {dist.high:g}]")
+
+
+# ----------------------------------------------------------------------------- objectives
+
+@dataclass
+class TrainObjective:
+    """The default objective: ridgeline.train.train, with CIFAR-10 loaded once per process."""
+
+    data_root: str | None = None
+    download: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None  # torch threads per worker, so N workers share the cores
+    data: object = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "data": None}  # workers load their own copy
+
+    def __call__(self, hparams: HParams, preset: str, seed: int):
+        import torch
+
+        from ridgeline.train import train
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.data is None:
+            from ridgeline.data import load_cifar10
+
+            self.data = load_cifar10(self.data_root, download=self.download)
+        return train(hparams, preset, seed=seed, device=self.device, data=self.data,
+                     precision=self.precision)
+
+
+def resolve_objective(objective) -> Callable:
+    """None → TrainObjective(); "pkg.module:function" → that function; callables as they are."""
+    if objective is None:
+        return TrainObjective()
+    if callable(objective):
+        return objective
+    module, _, name = str(objective).partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise RidgelineError(f"cannot load objective {objective!r} (want module:function): "
+                             f"{e}") from None
+    if not callable(fn):
+        raise RidgelineError(f"objective {objective!r} is not callable")
+    return fn
+
+
+def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
+    """An objective's return value as a RunResult dict (floats/None get the bookkeeping)."""
+    if out is not None and not isinstance(out, (int, float)):
+        return st.result_dict(out)
+    diverged = out is None or not math.isfinite(out)
+    import ridgeline
+
+    return {"test_acc": None if diverged else float(out), "train_loss": None,
+            "diverged": diverged, "epochs": [], "wall_time": seconds, "train_time": seconds,
+            "images_per_sec": 0.0, "hparams": hp.to_dict(), "preset": preset, "seed": seed,
+            "device": "n/a", "precision": "n/a", "extras": {},
+            "versions": {"ridgeline": ridgeline.__version__,
+                         "python": platform.python_version()}}
+
+
+# ----------------------------------------------------------------------------- workers
+
+def claim_next(study: optuna.Study, keys: set[str]) -> optuna.trial.FrozenTrial | None:
+    """Claim the oldest WAITING trial of this grid that no other trial already covers."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        key = t.user_attrs.get(st.KEY_ATTR)
+        if key not in keys or not st.claim(study, t):
+            continue
+        if _covered_elsewhere(study, key, t.number):
+            st.finish_unrun(study, t._trial_id, TrialState.PRUNED, "duplicate of another trial")
+            continue
+        return t
+    return None
+
+
+def _covered_elsewhere(study: optuna.Study, key: str, number: int) -> bool:
+    """Second line of defence against duplicates (two coordinators enqueueing at once on a
+    database storage): the point is done, or an older live trial is running it."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number == number or t.user_attrs.get(st.KEY_ATTR) != key:
+            continue
+        if t.state == TrialState.COMPLETE or (t.number < number and not st.is_stale(t)):
+            return True
+    return False
+
+
+def run_point(study: optuna.Study, frozen, objective: Callable, heartbeat_s: float) -> str:
+    """Run one claimed trial to COMPLETE (done/diverged) or FAIL (error/interrupted)."""
+    attrs = frozen.user_attrs
+    hp, preset, seed = HParams(**attrs["hparams"]), attrs["preset"], attrs["seed"]
+    _record_params(optuna.Trial(study, frozen._trial_id))
+    t0, out, error = time.perf_counter(), None, None
+    with st.heartbeat(study, frozen._trial_id, heartbeat_s):
+        try:
+            out = objective(hp, preset, seed)
+        except BaseException as e:  # noqa: B036 - recorded below, then re-raised if fatal
+            error = e
+    if error is not None:
+        return _record_error(study, frozen, error)
+    result = as_result(out, hp, preset, seed, time.perf_counter() - t0)
+    if not st.record_result(study, frozen._trial_id, result):
+        return "lost"
+    return "diverged" if result["diverged"] else "done"
+
+
+def _record_params(trial: optuna.Trial) -> None:
+    """Suggest each param: Optuna returns the enqueued value and records it as a param."""
+    for name, d in st.DISTRIBUTIONS.items():
+        if isinstance(d, optuna.distributions.IntDistribution):
+            trial.suggest_int(name, d.low, d.high, log=d.log)
+        else:
+            trial.suggest_float(name, d.low, d.high, log=d.log)
+
+
+def _record_error(study: optuna.Study, frozen, error: BaseException) -> str:
+    if isinstance(error, Exception) and not isinstance(error, RidgelineError):
+        msg = f"error: {type(error).__name__}: {error}".splitlines()[0]
+        st.finish_unrun(study, frozen._trial_id, TrialState.FAIL, msg)
+        tqdm.write(f"ridgeline: point {frozen.user_attrs[st.KEY_ATTR]} failed: {msg}",
+                   file=sys.stderr)
+        return "failed"
+    why = "interrupted" if not isinstance(error, RidgelineError) else f"error: {error}"
+    st.finish_unrun(study, frozen._trial_id, TrialState.FAIL, why)
+    raise error
+
+
+def work(study: optuna.Study, keys: set[str], objective: Callable, heartbeat_s: float = 60.0,
+         on_done: Callable[[str], None] | None = None,
+         should_stop: Callable[[], bool] = lambda: False) -> Counter:
+    """Claim and run points until none of this grid is waiting; outcome counts."""
+    counts: Counter = Counter()
+    while not should_stop():
+        frozen = claim_next(study, keys)
+        if frozen is None:
+            break
+        outcome = run_point(study, frozen, objective, heartbeat_s)
+        counts[outcome] += 1
+        if on_done:
+            on_done(outcome)
+    return counts
+
+
+def _worker_main(storage, study_name: str, keys: set[str], objective, heartbeat_s: float,
+                 errors) -> None:
+    """Entry point of a spawned worker: stops taking points once its coordinator is gone."""
+    parent = mp.parent_process()
+    try:
+        study = st.open_study(study_name, storage, create=False)
+        work(study, keys, resolve_objective(objective), heartbeat_s,
+             should_stop=lambda: parent is not None and not parent.is_alive())
+    except RidgelineError as e:
+        errors.put(str(e))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------- coordinator
+
+@dataclass
+class SweepReport:
+    study: str
+    storage: str
+    total: int  # grid points × seeds
+    complete: int  # of which COMPLETE now (diverged included)
+    diverged: int
+    ran: Counter  # outcomes of the runs this call made
+    running_elsewhere: int  # live RUNNING trials owned by other processes
+    requeued: list[int]  # numbers of stale trials failed and re-enqueued
+
+    def summary(self) -> str:
+        failed = self.ran.get("failed", 0)
+        text = (f"{self.study}: {self.complete}/{self.total} points complete "
+                f"({self.diverged} diverged); this run: {sum(self.ran.values())} run, "
+                f"{failed} failed, {len(self.requeued)} interrupted re-queued")
+        if self.running_elsewhere:
+            text += f"; {self.running_elsewhere} still running in other processes"
+        return text + f" [{self.storage}]"
+
+
+def grid_status(study: optuna.Study, spec: GridSpec) -> dict[str, Counter]:
+    """Per grid key, how many trials are in each state."""
+    keys = {p.key for p in spec.points()}
+    status: dict[str, Counter] = {k: Counter() for k in keys}
+    for t in study.get_trials(deepcopy=False):
+        k = t.user_attrs.get(st.KEY_ATTR)
+        if k in status:
+            status[k][t.state] += 1
+    return status
+
+
+def enqueue_missing(study: optuna.Study, spec: GridSpec, stale_after: float) -> tuple[int, list]:
+    """FAIL stale trials, then enqueue each point with no COMPLETE/WAITING/live RUNNING trial."""
+    requeued = st.fail_stale_trials(study, stale_after)
+    status = grid_status(study, spec)
+    covered = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    n = 0
+    for p in spec.points():
+        if not any(status[p.key][s] for s in covered):
+            study.enqueue_trial(st.point_params(p.hparams, p.seed),
+                                user_attrs=st.point_attrs(p.hparams, spec.preset, p.seed))
+            n += 1
+    return n, requeued
+
+
+@contextlib.contextmanager
+def _enqueue_lock(storage):
+    """Serialise the read-then-enqueue step across processes sharing a journal file (flock is
+    released by the kernel if the holder dies, so it can never go stale)."""
+    path = st.journal_path(storage)
+    try:
+        import fcntl
+    except ImportError:  # Windows: rely on the duplicate check at claim time
+        fcntl = None
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(f"{path}.enqueue.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_sweep(spec: GridSpec, storage=None, study_name: str | None = None, objective=None,
+              workers: int = 1, progress: bool = True, heartbeat_s: float = 60.0,
+              stale_after: float = 600.0) -> SweepReport:
+    """Run (or resume) every point of ``spec`` in ``storage``; see the module docstring."""
+    if not (isinstance(workers, int) and workers >= 1):
+        raise RidgelineError(f"workers={workers!r} is not allowed: it must be an int >= 1")
+    ref = _portable_ref(storage)
+    name = study_name or spec.default_study_name()
+    study = st.open_study(name, ref)
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    with _enqueue_lock(study._storage):
+        _, requeued = enqueue_missing(study, spec, stale_after)
+    keys = {p.key for p in spec.points()}
+    bar = tqdm(total=len(keys), initial=_complete(study, keys), unit="point", desc=name,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        if workers == 1:
+            ran = work(study, keys, resolve_objective(objective), heartbeat_s,
+                       on_done=lambda _: bar.update(1))
+        else:
+            ran = _run_workers(study, ref, keys, objective, workers, heartbeat_s, bar)
+    finally:
+        bar.close()
+    return _report(study, ref, keys, ran, requeued)
+
+
+def _portable_ref(storage):
+    """A storage reference that worker processes can reopen (journal paths made absolute)."""
+    if storage is None:
+        storage = st.default_storage()
+    if isinstance(storage, (str, os.PathLike)) and "://" not in str(storage):
+        return str(Path(storage).resolve())
+    return storage
+
+
+def _complete(study: optuna.Study, keys: set[str]) -> int:
+    done = {t.user_attrs.get(st.KEY_ATTR)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return len(done & keys)
+
+
+def _run_workers(study, ref, keys, objective, workers, heartbeat_s, bar) -> Counter:
+    if isinstance(ref, optuna.storages.InMemoryStorage):
+        raise RidgelineError("workers > 1 need a file or database storage, not in-memory")
+    if objective is None:
+        objective = TrainObjective(threads=max(1, (os.cpu_count() or 1) // workers))
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker_main, daemon=False, name=f"ridgeline-worker-{i}",
+                         args=(ref, study.study_name, keys, objective, heartbeat_s, errors))
+             for i in range(workers)]
+    before = _done_counts(study, keys)
+    for p in procs:
+        try:
+            p.start()
+        except (AttributeError, TypeError, pickle.PicklingError) as e:
+            raise RidgelineError(f"objective {objective!r} cannot be sent to worker processes "
+                                 f"({e}): use a module-level function or 'module:function'"
+                                 ) from None
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.5)
+            bar.update(_complete(study, keys) - bar.n)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)  # they got the SIGINT too and FAIL their trials
+        raise
+    for p in procs:
+        p.join()
+    bar.update(_complete(study, keys) - bar.n)
+    if not errors.empty():
+        raise RidgelineError(errors.get())
+    return _done_counts(study, keys) - before
+
+
+def _done_counts(study: optuna.Study, keys: set[str]) -> Counter:
+    """Outcome counts over the grid's finished trials (the multi-worker 'ran' tally)."""
+    c: Counter = Counter()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.user_attrs.get(st.KEY_ATTR) not in keys:
+            continue
+        if t.state == TrialState.COMPLETE:
+            c["diverged" if t.user_attrs.get("diverged") else "done"] += 1
+        elif str(t.user_attrs.get(st.FAILURE_ATTR, "")).startswith("error"):
+            c["failed"] += 1
+    return c
+
+
+def _report(study, ref, keys, ran: Counter, requeued: list[int]) -> SweepReport:
+    done, diverged, running = set(), set(), 0
+    for t in study.get_trials(deepcopy=False):
+        k = t.user_attrs.get(st.KEY_ATTR)
+        if k not in keys:
+            continue
+        if t.state == TrialState.COMPLETE:
+            done.add(k)
+            if t.user_attrs.get("diverged"):
+                diverged.add(k)
+        elif t.state == TrialState.RUNNING and not st.is_stale(t):
+            running += 1
+    return SweepReport(study.study_name, st.storage_label(ref), len(keys), len(done),
+                       len(diverged), ran, running, requeued)

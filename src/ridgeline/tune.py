@@ -1,0 +1,541 @@
+"""Page's tuner: cyclic coordinate descent with doubling/halving line searches.
+
+The search walks a lattice: every point it can visit is the start multiplied by a power of two
+along each coordinate of a :class:`~ridgeline.invariants.CoordinateSystem`. Points are keyed by
+their integer exponents and rebuilt from the start each time, so repeated ×2 and ÷2 never drift
+and holding u = λα/(1−ρ) fixed is exact in the coordinates.
+
+Every objective call is an Optuna trial in a study the caller owns. The search is a
+deterministic function of the values it sees, so re-running it against the same study *replays*
+it: calls whose (params, seed) already have a COMPLETE trial reuse the stored value. A killed
+tune therefore loses only the calls in flight. With several workers the next points a line
+search might need are evaluated speculatively; the decisions, and so the result, are exactly
+those of the sequential search.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from ridgeline.errors import RidgelineError
+from ridgeline.invariants import CoordinateSystem, paper_system
+
+__all__ = ["Objective", "Run", "TuneError", "TuneResult", "tune"]
+
+Objective = Callable[[dict, int], "float | None"]
+
+_LOG_RANGE = (1e-30, 1e30)  # stored distribution of log-scaled parameters: never binding
+_COMPLEMENT_MAX = 1 - 1e-9  # momentum-like parameters are stored in [0, 1 - 1e-9]
+_SEED_MAX = 2**31 - 1
+_MATCH_TOL = 1e-9  # relative tolerance (in log space) for matching stored params
+_MARK = "ridgeline"  # user attr marking trials created by this tuner
+
+
+class TuneError(RidgelineError):
+    """A tune that cannot start: bad start point, bounds, order or study."""
+
+
+@dataclass
+class Run:
+    """One point the search needed, numbered in the order the sequential search asked for it."""
+
+    run: int
+    params: dict
+    coords: dict
+    value: float  # mean over replicate seeds; -inf when any seed diverged
+    diverged: bool
+    coordinate: str | None  # None for the start point
+    factor: float | None  # the step from the best point at the time: 2.0 or 0.5
+    values: tuple[float, ...]
+    accepted: bool = False  # became the new best
+    trials: tuple[int, ...] = field(default=(), compare=False)  # Optuna trial numbers
+    replayed: bool = field(default=False, compare=False)
+
+
+@dataclass
+class TuneResult:
+    best: dict
+    best_value: float
+    best_coords: dict
+    history: list[Run]
+    stopped: str  # "converged" or "max_evals"
+    n_calls: int  # objective calls made by this process (needed + speculative)
+    n_replayed: int  # calls answered from trials already in the study
+    n_speculative: int  # calls made speculatively and never needed
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.history)
+
+    def history_table(self) -> str:
+        """The paper's table: run, λ, ρ, α, λα/(1−ρ), accuracy; accepted runs marked ``*``."""
+        head = f"{'run':>4}  {'λ (lr)':>10}  {'ρ (momentum)':>12}  {'α (wd)':>10}  "
+        lines = [head + f"{'λα/(1−ρ)':>10}  test accuracy"]
+        for r in self.history:
+            p = r.params
+            u = p["lr"] * p["weight_decay"] / (1 - p["momentum"])
+            acc = "diverged" if r.diverged else f"{r.value:.4g}"
+            lines.append(
+                f"{r.run:>4}  {p['lr']:>10.4g}  {p['momentum']:>12.6g}  "
+                f"{p['weight_decay']:>10.4g}  {u:>10.4g}  {acc}{' *' if r.accepted else ''}"
+            )
+        return "\n".join(lines)
+
+
+def tune(
+    objective: Objective,
+    start: Mapping,
+    study: optuna.Study,
+    system: CoordinateSystem | None = None,
+    *,
+    order: Sequence[str] | None = None,
+    max_evals: int = 100,
+    min_improvement: float = 0.0,
+    replicates: int = 1,
+    seed: int = 0,
+    bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
+    workers: int = 1,
+    executor: Executor | None = None,
+) -> TuneResult:
+    """Coordinate descent from ``start`` in ``system`` (default: the paper's u, 1−ρ, α).
+
+    ``objective(params, seed)`` gets the full point (tuned and pass-through keys) and returns a
+    score, higher is better; None, NaN or ±inf mark a diverged run, ranked below everything.
+    A step is accepted only if it beats the best by more than ``min_improvement`` — set it to
+    the seed-to-seed std so noise alone rarely moves the search. Each point is scored as the
+    mean over seeds ``seed .. seed+replicates-1``; the same seeds at every point make
+    neighbouring comparisons less noisy and make (params, seed) a replayable key.
+    ``max_evals`` caps the points the search needs (replayed ones included), not speculative
+    calls. ``bounds`` maps raw parameter names to inclusive (low, high), either may be None;
+    points outside are treated as worse without being evaluated. ``workers > 1`` evaluates
+    speculatively on ``executor`` (a thread pool of that size by default).
+    """
+    system = system or paper_system()
+    search = _Search(system, start, order, max_evals, min_improvement, bounds)
+    seeds = [seed + i for i in range(replicates)]
+    _check_study(study, seeds, replicates, max_evals, workers)
+    own = executor is None and workers > 1
+    pool = ThreadPoolExecutor(workers) if own else executor
+    calls = _Calls(_Store(study, system), objective, seeds, workers, pool or _Inline())
+    ok = False
+    try:
+        stopped = search.run(calls)
+        ok = True
+    finally:
+        calls.close(ok)
+        if own:
+            pool.shutdown(wait=ok, cancel_futures=True)
+    return search.result(stopped, calls)
+
+
+def _check_study(study, seeds, replicates, max_evals, workers) -> None:
+    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise TuneError("the study must be single-objective with direction='maximize'")
+    if replicates < 1 or max_evals < 1 or workers < 1:
+        raise TuneError("replicates, max_evals and workers must each be >= 1")
+    if not (seeds[0] >= 0 and seeds[-1] <= _SEED_MAX):
+        raise TuneError(f"seeds {seeds[0]}..{seeds[-1]} must lie in [0, {_SEED_MAX}]")
+
+
+class _BudgetSpent(Exception):
+    """Raised inside the search when it needs a new point after ``max_evals`` runs."""
+
+
+class _Search:
+    """The sequential algorithm. It only ever asks ``_Calls`` for values, in a fixed order."""
+
+    def __init__(self, system, start, order, max_evals, min_improvement, bounds) -> None:
+        self.system = system
+        self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
+        self.start = {k: v for k, v in start.items() if k in system.space.names}
+        self.origin = system.to_coords(start)
+        self.order = [system.names.index(_known(system, c)) for c in (order or system.names)]
+        self.max_evals, self.threshold = max_evals, min_improvement
+        self.bounds = _check_bounds(system, bounds or {})
+        self.history: list[Run] = []
+        self.runs: dict[tuple[int, ...], Run] = {}
+        if not self.in_bounds(self.params(self.key0)):
+            raise TuneError(f"the start point {dict(start)} is outside the bounds")
+
+    @property
+    def key0(self) -> tuple[int, ...]:
+        return (0,) * len(self.system.names)
+
+    def coords(self, key: tuple[int, ...]) -> dict[str, float]:
+        return {n: self.origin[n] * 2.0**k for n, k in zip(self.system.names, key, strict=True)}
+
+    def params(self, key: tuple[int, ...]) -> dict:
+        if key == self.key0:  # the caller's numbers exactly, not a log/exp round trip of them
+            return {**self.fixed, **self.start}
+        return {**self.fixed, **self.system.from_coords(self.coords(key))}
+
+    def in_bounds(self, params: Mapping) -> bool:
+        return all(lo <= params[n] <= hi for n, (lo, hi) in self.bounds.items())
+
+    def run(self, calls: _Calls) -> str:
+        """Cycle through the coordinates until a full cycle (rolling) improves nothing."""
+        self.calls = calls
+        try:
+            self.best = self.key0
+            self.need(self.best, None, None).accepted = True
+            failures, i = 0, 0
+            while failures < len(self.order):
+                improved = self.line_search(self.order[i % len(self.order)])
+                # After an improvement the same coordinate is at its line optimum: both
+                # neighbours were evaluated and lost, so it counts as one failed search.
+                failures = 1 if improved else failures + 1
+                i += 1
+        except _BudgetSpent:
+            return "max_evals"
+        return "converged"
+
+    def line_search(self, c: int) -> bool:
+        """×2; if no better, ÷2; then keep stepping the winning way while it improves."""
+        depth = range(1, self.calls.workers + 1)
+        self.speculate([_step(self.best, c, s * k) for k in depth for s in (1, -1)], c)
+        for direction in (1, -1):
+            if self.try_step(c, direction):
+                while self.try_step(c, direction):
+                    pass
+                return True
+        return False
+
+    def try_step(self, c: int, direction: int) -> bool:
+        key = _step(self.best, c, direction)
+        if not self.in_bounds(self.params(key)):
+            return False
+        # ``key`` itself first, so the point needed now never waits behind a guess.
+        self.speculate([_step(key, c, direction * k) for k in range(self.calls.workers)], c)
+        run = self.need(key, self.system.names[c], 2.0**direction)
+        if run.value > self.runs[self.best].value + self.threshold:
+            self.best, run.accepted = key, True
+            return True
+        return False
+
+    def speculate(self, keys: list[tuple[int, ...]], c: int) -> None:
+        """Offer points the line search may need next; ``_Calls`` starts those it has room for."""
+        room = self.max_evals - len(self.history)
+        for key in keys:
+            params = self.params(key)
+            if key not in self.runs and self.in_bounds(params):
+                factor = 2.0 ** (key[c] - self.best[c])
+                ctx = _Context(params, self.coords(key), self.system.names[c], factor)
+                if not self.calls.speculate(key, ctx, room):
+                    return
+
+    def need(self, key: tuple[int, ...], coordinate: str | None, factor: float | None) -> Run:
+        if key in self.runs:
+            return self.runs[key]
+        if len(self.history) >= self.max_evals:
+            raise _BudgetSpent
+        ctx = _Context(self.params(key), self.coords(key), coordinate, factor)
+        number = len(self.history) + 1
+        point = self.calls.need(key, ctx, number)
+        values = tuple(c.value for c in point.calls)
+        diverged = any(c.diverged for c in point.calls)
+        run = Run(
+            run=number, params=ctx.params, coords=ctx.coords,
+            value=-math.inf if diverged else math.fsum(values) / len(values),
+            diverged=diverged, coordinate=coordinate, factor=factor, values=values,
+            trials=tuple(c.number for c in point.calls),
+            replayed=all(c.replayed for c in point.calls),
+        )
+        self.history.append(run)
+        self.runs[key] = run
+        return run
+
+    def result(self, stopped: str, calls: _Calls) -> TuneResult:
+        best = self.runs[self.best]
+        return TuneResult(
+            best=best.params, best_value=best.value, best_coords=best.coords,
+            history=self.history, stopped=stopped, n_calls=calls.n_calls,
+            n_replayed=calls.n_replayed, n_speculative=calls.n_speculative,
+        )
+
+
+def _step(key: tuple[int, ...], c: int, k: int) -> tuple[int, ...]:
+    return key[:c] + (key[c] + k,) + key[c + 1 :]
+
+
+def _known(system: CoordinateSystem, name: str) -> str:
+    if name not in system.names:
+        raise TuneError(f"order names unknown coordinate {name!r}; have {list(system.names)}")
+    return name
+
+
+def _check_bounds(system: CoordinateSystem, bounds: Mapping) -> dict[str, tuple[float, float]]:
+    """User bounds intersected with the range Optuna stores (momentum-like: [0, 1 − 1e-9])."""
+    space = system.space
+    unknown = [n for n in bounds if n not in space.names]
+    if unknown:
+        raise TuneError(f"bounds name {unknown}, which are not tuned; tuned: {list(space.names)}")
+    out = {}
+    for name in space.names:
+        lo, hi = (0.0, _COMPLEMENT_MAX) if name in space.complement else _LOG_RANGE
+        user_lo, user_hi = bounds.get(name, (None, None))
+        out[name] = (max(lo, user_lo if user_lo is not None else lo),
+                     min(hi, user_hi if user_hi is not None else hi))
+    return out
+
+
+@dataclass
+class _Context:
+    params: dict
+    coords: dict
+    coordinate: str | None
+    factor: float | None
+
+
+@dataclass
+class _Call:
+    """One objective call, i.e. one trial."""
+
+    seed: int
+    number: int  # Optuna trial number
+    trial: optuna.Trial | None = None  # handle while RUNNING
+    future: Future | None = None
+    value: float = math.nan
+    diverged: bool = False
+    error: BaseException | None = None
+    done: bool = False
+    replayed: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class _Point:
+    ctx: _Context
+    calls: list[_Call]
+    run: int | None = None  # set once the search needs it
+
+
+class _Calls:
+    """Runs, caches, replays and records objective calls; the search sees only their values."""
+
+    def __init__(self, store, objective, seeds, workers, executor) -> None:
+        self.store, self.objective, self.seeds = store, objective, seeds
+        self.workers, self.executor = workers, executor
+        self.points: dict[tuple[int, ...], _Point] = {}
+        self.inflight: dict[Future, tuple[_Point, _Call]] = {}
+        self.n_calls = self.n_replayed = 0
+        store.recover()
+
+    def need(self, key, ctx: _Context, number: int) -> _Point:
+        point = self.points.get(key) or self.start(key, ctx)
+        point.run = number
+        for call in point.calls:
+            if call.done and call.trial is not None and call.error is None:
+                self.store.finish(call, point)  # speculative result now needed
+        while not all(c.done for c in point.calls):
+            self.harvest(block=True)
+        failed = next((c.error for c in point.calls if c.error is not None), None)
+        if failed is not None:
+            raise failed
+        return point
+
+    def speculate(self, key, ctx: _Context, room: int) -> bool:
+        """Start ``key`` if a worker is idle; False once there is no room for more."""
+        if self.workers == 1:
+            return False
+        self.harvest(block=False)
+        pending = sum(1 for p in self.points.values() if p.run is None)
+        if len(self.inflight) + len(self.seeds) > self.workers or pending >= room:
+            return False
+        if key not in self.points:
+            self.start(key, ctx)
+        return True
+
+    def start(self, key, ctx: _Context) -> _Point:
+        point = _Point(ctx, [])
+        self.points[key] = point
+        for seed in self.seeds:
+            call = self.store.replay(ctx.params, seed)
+            if call is None:
+                call = self.store.create(ctx, seed, self.seeds.index(seed))
+                call.future = self.executor.submit(_evaluate, self.objective, ctx.params, seed)
+                self.inflight[call.future] = (point, call)
+                self.n_calls += 1
+            else:
+                self.n_replayed += 1
+            point.calls.append(call)
+        return point
+
+    def harvest(self, block: bool) -> None:
+        if not self.inflight:
+            return
+        done, _ = wait(list(self.inflight), timeout=None if block else 0,
+                       return_when=FIRST_COMPLETED)
+        for future in done:
+            point, call = self.inflight.pop(future)
+            self.complete(point, call, future)
+
+    def complete(self, point: _Point, call: _Call, future: Future) -> None:
+        call.done = True
+        if future.exception() is not None:
+            call.error = future.exception()
+            self.store.fail(call)
+            return
+        call.value, call.diverged = future.result()
+        if point.run is None:
+            self.store.hold(call)
+        else:
+            self.store.finish(call, point)
+
+    @property
+    def n_speculative(self) -> int:
+        return sum(
+            1
+            for p in self.points.values() if p.run is None
+            for c in p.calls if not (c.replayed or c.cancelled)
+        )
+
+    def close(self, ok: bool) -> None:
+        """Finish or cancel what is left. After an error, running calls stay RUNNING (the next
+        tune marks them FAIL) and finished-but-unneeded ones stay RUNNING with their value
+        stashed (the next tune uses it), so an interrupted tune repeats nothing."""
+        for future, (_, call) in list(self.inflight.items()):
+            if future.cancel():  # queued, never started: not an objective call
+                self.inflight.pop(future)
+                call.done = call.cancelled = True
+                self.n_calls -= 1
+                call.trial.set_user_attr("cancelled", True)
+                self.store.fail(call)
+        if not ok:
+            return
+        while self.inflight:
+            self.harvest(block=True)
+        for point in self.points.values():
+            for call in point.calls:
+                if call.trial is not None and call.error is None:
+                    self.store.finish(call, point)
+        self.store.finish_stale()
+
+
+def _evaluate(objective: Objective, params: dict, seed: int) -> tuple[float, bool]:
+    """Call the objective; None, NaN and ±inf become (−inf, diverged)."""
+    value = objective(dict(params), seed)
+    if value is None or not math.isfinite(value := float(value)):
+        return -math.inf, True
+    return value, False
+
+
+class _Inline(Executor):
+    """workers=1: run each call at submission, in the caller's thread."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # even KeyboardInterrupt: the search re-raises it
+            future.set_exception(exc)
+        return future
+
+
+class _Store:
+    """All Optuna access, from the main thread only.
+
+    Trials are created with ``enqueue_trial`` + ``ask`` so the stored params are exactly the
+    point's. Params are the tuned raw hyperparameters plus ``seed``; pass-through keys go in the
+    ``fixed`` user attr. A finished call is told COMPLETE (value −inf if it diverged). A
+    speculative call whose result is not yet needed stays RUNNING with ``pending_value`` set.
+    """
+
+    def __init__(self, study: optuna.Study, system: CoordinateSystem) -> None:
+        self.study, self.space = study, system.space
+        self.dists = {
+            n: FloatDistribution(0.0, _COMPLEMENT_MAX) if n in self.space.complement
+            else FloatDistribution(*_LOG_RANGE, log=True)
+            for n in self.space.names
+        } | {"seed": IntDistribution(0, _SEED_MAX)}
+        self.complete: list[tuple[list[float], int, str, _Call]] = []
+        self.stale: list[tuple[list[float], int, str, _Call]] = []
+
+    def recover(self) -> None:
+        """Index COMPLETE trials for replay. This tuner's RUNNING trials are abandoned by a
+        killed tune: FAIL them, unless they hold a finished speculative value to reuse."""
+        self._drop_waiting()
+        for t in self.study.get_trials(deepcopy=False):
+            ours = t.state == TrialState.RUNNING and t.user_attrs.get(_MARK)
+            held = ours and "pending_value" in t.user_attrs
+            if all(n in t.params for n in self.dists) and (t.state == TrialState.COMPLETE or held):
+                value = t.value if t.state == TrialState.COMPLETE else t.user_attrs["pending_value"]
+                handle = optuna.Trial(self.study, t._trial_id) if ours else None
+                call = _Call(t.params["seed"], t.number, handle, value=value,
+                             diverged=value == -math.inf, done=True, replayed=True)
+                entry = (self.space.base_logs(t.params), t.params["seed"],
+                         json.dumps(t.user_attrs.get("fixed", {}), sort_keys=True), call)
+                (self.stale if ours else self.complete).append(entry)
+            elif ours:
+                self.study.tell(t.number, state=TrialState.FAIL)
+
+    def _drop_waiting(self) -> None:
+        """Enqueued trials of a tune killed between enqueue and ask are popped and failed."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if any(not t.user_attrs.get(_MARK) for t in waiting):
+            raise TuneError(
+                "the study has WAITING (enqueued) trials not made by ridgeline; the tuner "
+                "creates its trials through the queue and would take them over: run them first"
+            )
+        for _ in waiting:
+            self.study.tell(self.study.ask().number, state=TrialState.FAIL)
+
+    def replay(self, params: Mapping, seed: int) -> _Call | None:
+        logs = self.space.base_logs(params)
+        fixed = _fixed_json(self.space, params)
+        for index in (self.complete, self.stale):
+            for i, (other, s, f, call) in enumerate(index):
+                if s == seed and f == fixed and all(
+                    abs(a - b) <= _MATCH_TOL for a, b in zip(logs, other, strict=True)
+                ):
+                    if index is self.stale:
+                        index.pop(i)  # each stale trial is finished once, by whoever takes it
+                    return call
+        return None
+
+    def create(self, ctx: _Context, seed: int, replicate: int) -> _Call:
+        params = {n: ctx.params[n] for n in self.space.names} | {"seed": seed}
+        attrs = {
+            _MARK: 1, "coords": ctx.coords, "coordinate": ctx.coordinate, "factor": ctx.factor,
+            "replicate": replicate, "fixed": json.loads(_fixed_json(self.space, ctx.params)),
+        }
+        self.study.enqueue_trial(params, user_attrs=attrs)
+        trial = self.study.ask(self.dists)
+        if trial.params != params:
+            raise TuneError(f"trial {trial.number} was taken over by another process")
+        return _Call(seed, trial.number, trial)
+
+    def hold(self, call: _Call) -> None:
+        call.trial.set_user_attr("pending_value", call.value)
+
+    def finish(self, call: _Call, point: _Point) -> None:
+        if point.run is None:
+            call.trial.set_user_attr("speculative", True)
+        else:
+            call.trial.set_user_attr("run", point.run)
+            call.trial.set_user_attr("speculative", False)
+        call.trial.set_user_attr("diverged", call.diverged)
+        self.study.tell(call.number, call.value)
+        call.trial = None
+
+    def fail(self, call: _Call) -> None:
+        self.study.tell(call.number, state=TrialState.FAIL)
+        call.trial = None
+
+    def finish_stale(self) -> None:
+        """Stale speculative results this tune never needed: record them as such."""
+        for *_, call in self.stale:
+            call.trial.set_user_attr("speculative", True)
+            self.study.tell(call.number, call.value)
+        self.stale.clear()
+
+
+def _fixed_json(space, params: Mapping) -> str:
+    return json.dumps({k: v for k, v in params.items() if k not in space.names}, sort_keys=True)

@@ -1,0 +1,180 @@
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from ridgeline.errors import HParamError, RidgelineError
+from ridgeline.hparams import HParams
+from ridgeline.presets import get_preset
+from ridgeline.train import RunResult, lr_schedule, resolve_device, train
+from tests.synthetic import fake_cifar
+
+
+def test_schedule_values_at_key_steps():
+    hp = HParams(lr=0.4, epochs=4, warmup_epochs=1)
+    lr = lr_schedule(hp, steps_per_epoch=10)
+    assert lr(0) == pytest.approx(0.04)  # first step already > 0, as in Page's code
+    assert lr(4) == pytest.approx(0.2)
+    assert lr(9) == pytest.approx(0.4)  # peak at the end of warm-up
+    assert lr(24) == pytest.approx(0.2)  # halfway down: epoch 2.5 of the 3 decay epochs
+    assert lr(39) == pytest.approx(0.0)  # last step ends at 0
+
+
+def test_schedule_without_warmup_starts_at_peak():
+    lr = lr_schedule(HParams(lr=0.4, epochs=4, warmup_epochs=0), steps_per_epoch=10)
+    assert lr(0) == pytest.approx(0.4 * (1 - 0.1 / 4))
+
+
+def _small_net(bn_eps: float = 1e-5):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, eps=bn_eps),
+                         nn.ReLU(),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8, 10, bias=False)
+                         ).double()
+
+
+def _batches(n=16, steps=5):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64),
+             torch.randint(0, 10, (n,), generator=g)) for _ in range(steps)]
+
+
+def _run(model, groups, reduction, batches):
+    opt = torch.optim.SGD(groups(model), momentum=0.9, nesterov=True)
+    losses = []
+    for x, y in batches:
+        loss = nn.functional.cross_entropy(model(x), y, reduction=reduction)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_mean_loss_update_equals_pages_summed_convention():
+    lam, alpha, n = 0.4, 5e-4, 16
+    ours, orig = _small_net(), _small_net()
+    batches = _batches(n)
+    _run(ours, lambda m: [{"params": m.parameters(), "lr": lam, "weight_decay": alpha}],
+         "mean", batches)
+    _run(orig, lambda m: [{"params": m.parameters(), "lr": lam / n, "weight_decay": alpha * n}],
+         "sum", batches)
+    for a, b in zip(ours.parameters(), orig.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_scale_symmetry_of_conv_weights_before_batchnorm_is_exact():
+    # BatchNorm's eps is added to the variance, which r scales and eps does not: the symmetry is
+    # exact only as eps -> 0 (with torch's default 1e-5 the losses differ by ~1e-5 relative).
+    lam, alpha, r = 0.1, 5e-3, 3.0
+    base, scaled = _small_net(bn_eps=1e-30), _small_net(bn_eps=1e-30)
+    with torch.no_grad():
+        scaled[0].weight.mul_(r)
+
+    def groups(rr):
+        def make(m):
+            conv = [m[0].weight]
+            rest = [p for p in m.parameters() if p is not m[0].weight]
+            return [{"params": conv, "lr": lam * rr**2, "weight_decay": alpha / rr**2},
+                    {"params": rest, "lr": lam, "weight_decay": alpha}]
+        return make
+
+    batches = _batches()
+    loss_base = _run(base, groups(1.0), "mean", batches)
+    loss_scaled = _run(scaled, groups(r), "mean", batches)
+    assert loss_scaled == pytest.approx(loss_base, rel=1e-10)
+    torch.testing.assert_close(scaled[0].weight / r, base[0].weight, rtol=1e-10, atol=1e-12)
+    x = _batches(steps=1)[0][0]
+    torch.testing.assert_close(scaled(x), base(x), rtol=1e-9, atol=1e-10)
+    # Control: scaling w without the compensating lr/wd changes the trajectory.
+    control = _small_net(bn_eps=1e-30)
+    with torch.no_grad():
+        control[0].weight.mul_(r)
+    assert _run(control, groups(1.0), "mean", batches) != pytest.approx(loss_base, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return fake_cifar(n_train=256, n_test=100)
+
+
+def test_same_seed_twice_gives_identical_results(data):
+    a = train(preset="tiny", data=data, seed=3, device="cpu")
+    b = train(preset="tiny", data=data, seed=3, device="cpu")
+    c = train(preset="tiny", data=data, seed=4, device="cpu")
+    assert a.epochs[-1]["train_loss"] == b.epochs[-1]["train_loss"]
+    assert a.test_acc == b.test_acc
+    assert [e["train_loss"] for e in a.epochs] != [e["train_loss"] for e in c.epochs]
+
+
+def test_result_record_is_complete_and_round_trips_json(data):
+    r = train(preset="tiny", data=data, seed=0, device="cpu", eval_each_epoch=True)
+    assert not r.diverged and 0.0 <= r.test_acc <= 1.0 and math.isfinite(r.train_loss)
+    assert len(r.epochs) == get_preset("tiny").hparams.epochs
+    assert all("test_acc" in e for e in r.epochs)
+    assert r.images_per_sec > 0 and r.wall_time >= r.train_time > 0
+    assert r.precision == "bfloat16" and r.device == "cpu"
+    assert {"torch", "python", "ridgeline"} <= set(r.versions)
+    assert RunResult.from_dict(__import__("json").loads(r.to_json())) == r
+
+
+def test_tiny_run_learns_the_synthetic_task(data):
+    hp = get_preset("tiny").hparams.replace(epochs=6, warmup_epochs=1)
+    r = train(hp, preset="tiny", data=data, seed=0, device="cpu")
+    assert r.test_acc > 0.3  # chance is 0.1
+
+
+def test_divergence_is_recorded_not_raised(data):
+    hp = get_preset("tiny").hparams.replace(lr=1e8)
+    r = train(hp, preset="tiny", data=data, seed=0, device="cpu")
+    assert r.diverged and r.test_acc is None and r.train_loss is None
+    assert len(r.epochs) == 1
+
+
+def test_batch_larger_than_training_set_is_a_clear_error(data):
+    hp = get_preset("tiny").hparams.replace(batch_size=100_000)
+    with pytest.raises(HParamError, match="batch_size=100000.*256 training images"):
+        train(hp, preset="tiny", data=data, device="cpu")
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"lr": 0.0}, "lr"), ({"lr": -1.0}, "lr"), ({"lr": float("nan")}, "lr"),
+    ({"momentum": 1.0}, "momentum"), ({"momentum": -0.1}, "momentum"),
+    ({"weight_decay": -1e-4}, "weight_decay"), ({"batch_size": 0}, "batch_size"),
+    ({"epochs": 0}, "epochs"), ({"epochs": 4, "warmup_epochs": 5}, "warmup_epochs"),
+])
+def test_out_of_range_hyperparameters_name_value_and_range(bad, field):
+    with pytest.raises(HParamError) as e:
+        HParams(**bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{field}=") and "must be" in msg and "\n" not in msg
+
+
+@given(lr=st.floats(1e-5, 10), mom=st.floats(0, 0.999), wd=st.floats(1e-6, 1e-1),
+       n=st.integers(1, 4096))
+def test_derived_coordinates_are_consistent(lr, mom, wd, n):
+    hp = HParams(lr=lr, momentum=mom, weight_decay=wd, batch_size=n)
+    assert hp.lr_wd_total == pytest.approx(hp.lr_wd / (1 - mom))
+    assert hp.lr_total * (1 - mom) == pytest.approx(lr)
+    assert hp.lr_over_batch * n == pytest.approx(lr)
+
+
+def test_unknown_preset_and_device_are_clear_errors():
+    with pytest.raises(RidgelineError, match="unknown preset 'nope'.*cpu-mini"):
+        get_preset("nope")
+    with pytest.raises(RidgelineError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def test_zero_momentum_runs_plain_sgd(data):
+    hp = get_preset("tiny").hparams.replace(momentum=0.0, epochs=1, warmup_epochs=0.5)
+    assert not train(hp, preset="tiny", data=data, device="cpu").diverged
+
+
+def test_deepcopy_of_hparams_is_equal():
+    hp = HParams()
+    assert copy.deepcopy(hp) == hp and hp.replace(lr=0.1).lr == 0.1

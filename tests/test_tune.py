@@ -1,0 +1,259 @@
+import math
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from ridgeline.invariants import paper_system
+from ridgeline.tune import TuneError, tune
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SYSTEM = paper_system()
+U = SYSTEM.names[0]
+START = {"lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 512}
+BAD_START = {"lr": 0.001, "momentum": 0.5, "weight_decay": 0.01, "batch_size": 512}
+REF = SYSTEM.to_coords(START)
+
+
+def offsets(params):
+    """Position in doublings from START along (u, 1-momentum, weight_decay)."""
+    coords = SYSTEM.to_coords(params)
+    return [math.log2(coords[n] / REF[n]) for n in SYSTEM.names]
+
+
+def bowl(optimum, curvature=(1.0, 1.0, 1.0)):
+    def objective(params, seed):
+        d = offsets(params)
+        return -sum(k * (x - o) ** 2 for k, x, o in zip(curvature, d, optimum, strict=True))
+
+    return objective
+
+
+def noisy(params, seed):
+    """A ridge-like landscape plus noise that is a fixed function of (params, seed)."""
+    d = offsets(params)
+    key = repr([round(x, 6) for x in d] + [seed]).encode()
+    noise = (zlib.crc32(key) / 2**32 - 0.5) * 0.2
+    return 94 - 0.3 * (d[0] - 2.3) ** 2 - 0.1 * (d[1] + 1.4) ** 2 - 0.1 * (d[2] - 0.6) ** 2 + noise
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Counting:
+    """Counts objective calls; raises Interrupt on call number ``fail_at`` and later ones."""
+
+    def __init__(self, objective, fail_at=None):
+        self.objective, self.fail_at = objective, fail_at
+        self.started = self.returned = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, params, seed):
+        with self.lock:
+            self.started += 1
+            if self.fail_at is not None and self.started >= self.fail_at:
+                raise Interrupt
+        value = self.objective(params, seed)
+        with self.lock:
+            self.returned += 1
+        return value
+
+
+def new_study():
+    return optuna.create_study(direction="maximize")
+
+
+def test_exact_number_of_evaluations_on_a_separable_bowl():
+    # Optimum 2 doublings up in u and 1 down in 1-momentum, f = -|d - (2, -1, 0)|^2.
+    #  1 start (0,0,0)
+    #  u:  2 (1,0,0) better, 3 (2,0,0) better, 4 (3,0,0) worse          -> best (2,0,0)
+    #  1-m: 5 (2,1,0) worse, 6 (2,-1,0) better, 7 (2,-2,0) worse        -> best (2,-1,0)
+    #  wd: 8 (2,-1,1) worse, 9 (2,-1,-1) worse
+    #  u again from the new best: 10 (3,-1,0) worse, 11 (1,-1,0) worse
+    #  1-m's neighbours are known (7 and the old best 5's... no: (2,0,0) = run 3): no calls
+    #  -> a full cycle without improvement: stop after 11 evaluations.
+    objective = Counting(bowl((2, -1, 0)))
+    result = tune(objective, START, new_study())
+    assert objective.returned == result.n_runs == 11
+    assert result.stopped == "converged"
+    assert [round(x) for x in offsets(result.best)] == [2, -1, 0]
+    assert [r.run for r in result.history if r.accepted] == [1, 2, 3, 6]
+    assert result.best["batch_size"] == 512
+
+
+def test_u_is_held_fixed_while_momentum_or_weight_decay_move():
+    result = tune(noisy, BAD_START, new_study(), min_improvement=0.05)
+    best_u = None
+    moved = 0
+    for run in result.history:
+        u = run.params["lr"] * run.params["weight_decay"] / (1 - run.params["momentum"])
+        if run.coordinate in ("1-momentum", "weight_decay"):
+            assert u == pytest.approx(best_u, rel=1e-12)
+            moved += 1
+        if run.accepted:
+            best_u = u
+    assert moved >= 4
+
+
+def test_min_improvement_blocks_small_steps():
+    # Each doubling of u gains 0.01 < 0.05: only the 2 neighbours per coordinate are tried.
+    slope = lambda params, seed: 0.01 * offsets(params)[0]  # noqa: E731
+    result = tune(slope, START, new_study(), min_improvement=0.05)
+    assert result.n_runs == 7 and result.best == START
+
+
+def test_max_evals_stops_the_search():
+    result = tune(bowl((9, 0, 0)), START, new_study(), max_evals=5)
+    assert result.stopped == "max_evals" and result.n_runs == 5
+
+
+def test_diverged_values_never_crash_and_never_win():
+    def objective(params, seed):
+        d = offsets(params)
+        if d[0] > 1.5:
+            return math.nan
+        if d[2] < -0.5:
+            return None
+        if d[1] > 0.5:
+            return math.inf
+        return -((d[0] - 3) ** 2) - (d[2] + 2) ** 2
+
+    study = new_study()
+    result = tune(objective, START, study)
+    diverged = [r for r in result.history if r.diverged]
+    assert len(diverged) >= 3
+    assert not any(r.accepted for r in diverged)
+    assert all(r.value == -math.inf for r in diverged)
+    stored = [t for t in study.trials if t.user_attrs["diverged"]]
+    assert len(stored) == len(diverged) and all(t.value == -math.inf for t in stored)
+    assert [round(x) for x in offsets(result.best)] == [1, 0, 0]
+
+
+def test_a_diverged_start_is_left_for_any_finite_value():
+    objective = lambda params, seed: math.nan if offsets(params)[0] > -0.5 else 1.0  # noqa: E731
+    result = tune(objective, START, new_study())
+    assert result.history[0].diverged and math.isfinite(result.best_value)
+
+
+def test_momentum_stays_in_0_1():
+    # Prefers 1-momentum = 0.1 * 2**5 = 3.2, i.e. momentum < 0.
+    result = tune(bowl((0, 5, 0)), START, new_study())
+    assert all(0 <= r.params["momentum"] < 1 for r in result.history)
+    assert 1 - result.best["momentum"] == pytest.approx(0.8)  # 1.6 is never evaluated
+
+
+def test_user_bounds_are_respected():
+    # Prefers u (and so lr) 2**6 times larger; lr may not exceed 2.
+    result = tune(bowl((6, 0, 0)), START, new_study(), bounds={"lr": (None, 2.0)})
+    assert all(r.params["lr"] <= 2.0 for r in result.history)
+    assert result.best["lr"] == pytest.approx(1.6)
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(TuneError, match="maximize"):
+        tune(noisy, START, optuna.create_study())
+    with pytest.raises(TuneError, match="outside"):
+        tune(noisy, START, new_study(), bounds={"lr": (1.0, None)})
+    with pytest.raises(TuneError, match="unknown coordinate"):
+        tune(noisy, START, new_study(), order=["lr"])
+
+
+def _storage(kind, tmp_path):
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'tune.db'}"
+    if kind == "journal":
+        return optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "tune.log")))
+    return optuna.storages.InMemoryStorage()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "journal"])
+def test_resume_repeats_nothing(kind, tmp_path):
+    reference = tune(noisy, START, new_study(), min_improvement=0.05)
+    storage = _storage(kind, tmp_path)
+
+    def study():  # a fresh Study object each time, as a restarted process would have
+        return optuna.create_study(
+            storage=storage, study_name="t", direction="maximize", load_if_exists=True
+        )
+
+    objective = Counting(noisy, fail_at=8)
+    with pytest.raises(Interrupt):
+        tune(objective, START, study(), min_improvement=0.05)
+    objective.fail_at = None
+    result = tune(objective, START, study(), min_improvement=0.05)
+
+    assert result.history == reference.history
+    assert (result.best, result.best_value) == (reference.best, reference.best_value)
+    assert objective.returned == reference.n_runs  # each distinct point evaluated once
+    assert objective.started == reference.n_runs + 1  # plus the call that was interrupted
+    assert result.n_replayed == 7 and result.n_calls == reference.n_runs - 7
+    states = [t.state for t in study().trials]
+    assert states.count(TrialState.FAIL) == 1
+    assert states.count(TrialState.COMPLETE) == reference.n_runs
+
+
+def _abandoned_trial(study, params, seed=0, **attrs):
+    """A RUNNING trial as a killed tune leaves it."""
+    study.enqueue_trial(params | {"seed": seed}, user_attrs={"ridgeline": 1, **attrs})
+    return study.ask({
+        "lr": FloatDistribution(1e-30, 1e30, log=True),
+        "momentum": FloatDistribution(0.0, 1 - 1e-9),
+        "weight_decay": FloatDistribution(1e-30, 1e30, log=True),
+        "seed": IntDistribution(0, 2**31 - 1),
+    }).number
+
+
+def test_abandoned_trials_are_failed_or_reused():
+    study = new_study()
+    raw = {k: START[k] for k in ("lr", "momentum", "weight_decay")}
+    lost = _abandoned_trial(study, raw, fixed={"batch_size": 512})
+    held = _abandoned_trial(study, raw, fixed={"batch_size": 512}, pending_value=5.0)
+    objective = Counting(bowl((1, 0, 0)))
+    result = tune(objective, START, study)
+    assert result.history[0].value == 5.0 and result.history[0].replayed
+    assert objective.returned == result.n_runs - 1
+    assert study.trials[lost].state == TrialState.FAIL
+    assert study.trials[held].state == TrialState.COMPLETE
+    assert study.trials[held].user_attrs["run"] == 1
+
+
+@pytest.mark.parametrize("replicates", [1, 2])
+def test_parallel_equals_sequential(replicates):
+    sequential = tune(noisy, BAD_START, new_study(), min_improvement=0.05, replicates=replicates)
+    study = new_study()
+    parallel = tune(noisy, BAD_START, study, min_improvement=0.05, replicates=replicates,
+                    workers=3)
+    assert parallel.history == sequential.history
+    assert parallel.n_speculative > 0
+    assert parallel.n_calls == replicates * parallel.n_runs + parallel.n_speculative
+    # Speculative calls still queued when the search ends are cancelled, never run.
+    trials = [t for t in study.trials if not t.user_attrs.get("cancelled")]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sum(t.user_attrs["speculative"] for t in trials) == parallel.n_speculative
+    runs = {t.user_attrs["run"] for t in trials if not t.user_attrs["speculative"]}
+    assert runs == set(range(1, parallel.n_runs + 1))
+
+
+def test_parallel_with_a_caller_executor_and_an_interrupted_resume():
+    reference = tune(noisy, BAD_START, new_study(), min_improvement=0.05)
+    study = new_study()
+    with ThreadPoolExecutor(2) as pool, pytest.raises(Interrupt):
+        tune(Counting(noisy, fail_at=10), BAD_START, study, min_improvement=0.05,
+             workers=2, executor=pool)
+    result = tune(noisy, BAD_START, study, min_improvement=0.05, workers=2)
+    assert result.history == reference.history
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_history_table():
+    result = tune(bowl((2, -1, 0)), START, new_study())
+    lines = result.history_table().splitlines()
+    assert "λα/(1−ρ)" in lines[0] and len(lines) == result.n_runs + 1
+    assert lines[1].split()[0] == "1" and lines[1].endswith("*")
