@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ridgeline import augment, theory
+from ridgeline import theory
 from ridgeline.diagnostics import (
     HOOK_NAME,
     WeightNormHook,
@@ -44,14 +43,8 @@ from ridgeline.diagnostics import (
     symmetric_param_groups,
 )
 from ridgeline.hparams import HParams
-from ridgeline.model import ResNet9
 from ridgeline.presets import Preset, get_preset
 from ridgeline.train import (
-    evaluate,
-    lr_schedule,
-    normalise,
-    resolve_device,
-    resolve_precision,
     train,
     versions,
 )
@@ -82,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(args):
+def load(args, preset: Preset):
     if not args.synthetic:
         from ridgeline.data import load_cifar10
 
@@ -98,7 +91,7 @@ def load(args):
             images[labels == c, c % 3, 3 * c:3 * c + 6, 8:24] = 255
         return images, labels
 
-    return Cifar10(*split(2048), *split(500))
+    return Cifar10(*split(max(2048, preset.train_size or 50_000)), *split(500))
 
 
 # ------------------------------------------------------------------------------- overhead
@@ -108,64 +101,85 @@ def short_hparams(hp: HParams, epochs: int) -> HParams:
     return hp.replace(epochs=epochs, warmup_epochs=hp.warmup_epochs * epochs / hp.epochs)
 
 
+class TimedHook(WeightNormHook):
+    """WeightNormHook that also clocks its own calls: on a CPU they run synchronously, so
+    this measures the overhead directly, free of the run-to-run noise of shared cores. (On a
+    GPU the hook queues work asynchronously and this clock would undercount.)"""
+
+    seconds = 0.0
+
+    def before_step(self, step, model, lr):
+        t0 = time.perf_counter()
+        super().before_step(step, model, lr)
+        self.seconds += time.perf_counter() - t0
+
+    def after_step(self, step, model, lr, loss=None):
+        t0 = time.perf_counter()
+        super().after_step(step, model, lr, loss)
+        self.seconds += time.perf_counter() - t0
+
+
 def measure_overhead(preset: Preset, data, args) -> dict:
-    """Best-of-N training time (train_time: the loop only) with and without the hook. The
-    conditions alternate so a slow spell on the shared cores hits all of them alike."""
+    """Two measures of the hook's cost on a short run: the time spent inside it as a share of
+    the plain loop, and the best-of-N end-to-end training time with vs without it (conditions
+    alternate, so a slow spell on the shared cores hits all of them alike)."""
     hp = short_hparams(preset.hparams, args.overhead_epochs)
     configs = {"plain": None, f"every={args.every}": args.every, "every=1": 1}
     times: dict[str, list[float]] = {k: [] for k in configs}
+    inside: dict[str, list[float]] = {k: [] for k in configs if k != "plain"}
     for _ in range(args.overhead_repeats):
         for label, every in configs.items():
-            hooks = [] if every is None else [WeightNormHook(every)]
+            hooks = [] if every is None else [TimedHook(every)]
             r = train(hp, preset, seed=0, device=args.device, data=data, hooks=hooks,
                       precision=args.precision)
             times[label].append(r.train_time)
+            if hooks:
+                inside[label].append(hooks[0].seconds)
     best = {k: min(v) for k, v in times.items()}
-    return {"hparams": hp.to_dict(), "steps": r.extras.get(HOOK_NAME, {}).get("total_steps"),
-            "train_time_s": times, "best_s": best,
-            "overhead": {k: best[k] / best["plain"] - 1 for k in best if k != "plain"}}
+    return {"hparams": hp.to_dict(), "steps": r.extras[HOOK_NAME]["total_steps"],
+            "train_time_s": times, "best_s": best, "hook_seconds": inside,
+            "overhead_in_hook": {k: min(v) / best["plain"] for k, v in inside.items()},
+            "overhead_end_to_end": {k: best[k] / best["plain"] - 1 for k in best
+                                    if k != "plain"}}
 
 
 # ------------------------------------------------------------------ (a) exact scale symmetry
 
 
+class LossRecorder:
+    """Per-step training losses (kept on the device until the end: no sync per step)."""
+
+    name = "losses"
+
+    def on_train_start(self, model, optimizer, hparams, total_steps):
+        self.losses = []
+
+    def before_step(self, step, model, lr):
+        pass
+
+    def after_step(self, step, model, lr, loss):
+        self.losses.append(loss)
+
+    def result(self):
+        return {"losses": torch.stack(self.losses).tolist()}
+
+
 def grouped_train(hp: HParams, preset: Preset, seed: int, data, r: float, scale_eps: bool,
                   device: str = "cpu", precision: str = "fp32") -> dict:
-    """train.train's loop (same seeds, augmentation, schedule, Nesterov SGD) with per-group
-    lr/wd: the convs get λ×r², α/r² and start at r×w. train() has one parameter group, so
-    the symmetry partner cannot be run through it; with r=1 this reproduces train()."""
-    dev = resolve_device(device)
-    amp = resolve_precision(precision, dev)
-    data = data.subset(preset.train_size)
-    torch.manual_seed(seed)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    store = amp if (amp is not None and dev.type == "cuda") else torch.float32
-    padded = augment.pad(normalise(data.train_images.to(dev), store))
-    labels, n = data.train_labels.to(dev), len(data.train_labels)
-    model = ResNet9(preset.width).to(dev, memory_format=torch.channels_last)
-    rescale_scale_invariant(model, r, scale_bn_eps=scale_eps)
-    opt = torch.optim.SGD(symmetric_param_groups(model, hp.weight_decay, r), lr=0.0,
-                          momentum=hp.momentum, nesterov=hp.momentum > 0)
-    spe = n // hp.batch_size
-    lr_at, losses, step = lr_schedule(hp, spe), [], 0
-    for _ in range(hp.epochs):
-        x_all = augment.augment(padded, gen).contiguous(memory_format=torch.channels_last)
-        order = torch.randperm(n, generator=gen, device=dev)
-        for b in range(spe):
-            idx = order[b * hp.batch_size:(b + 1) * hp.batch_size]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step) * g["lr_scale"]
-            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                out = model(x_all[idx])
-            loss = F.cross_entropy(out.float(), labels[idx])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-    acc = evaluate(model, data.test_images, data.test_labels, dev, amp)
-    convs = [w.detach().double().cpu() / r for _, w in conv_weights(model)]
-    return {"losses": losses, "test_acc": acc, "convs": convs}
+    """train() with the conv weights started at r×w and given λ×r², α/r² (parameter groups):
+    the symmetry partner of the r=1 run."""
+    holder = {}
+
+    def setup(model):
+        rescale_scale_invariant(model, r, scale_bn_eps=scale_eps)
+        holder["model"] = model
+        return symmetric_param_groups(model, hp.weight_decay, r)
+
+    result = train(hp, preset, seed=seed, device=device, data=data, precision=precision,
+                   hooks=[LossRecorder()], setup=setup)
+    convs = [w.detach().double().cpu() / r for _, w in conv_weights(holder["model"])]
+    return {"losses": result.extras["losses"]["losses"], "test_acc": result.test_acc,
+            "convs": convs}
 
 
 def compare_runs(base: dict, other: dict) -> dict:
@@ -173,10 +187,14 @@ def compare_runs(base: dict, other: dict) -> dict:
     first = {f"first_step_loss_diff_above_{t:g}": _first(diff > t) for t in (1e-6, 1e-3, 1e-1)}
     wdiff = max(float(((a - b).norm() / b.norm()).item())
                 for a, b in zip(other["convs"], base["convs"], strict=True))
-    return {"max_abs_loss_diff": float(diff.max()), "final_epoch_mean_abs_loss_diff":
-            float(diff[-len(diff) // max(1, len(diff) // 50):].mean()), **first,
+    return {"max_abs_loss_diff": float(diff.max()),
+            "last_10pct_mean_abs_loss_diff": _tail_mean(diff), **first,
             "test_acc": other["test_acc"], "test_acc_diff": other["test_acc"] - base["test_acc"],
             "max_rel_conv_weight_diff": wdiff}
+
+
+def _tail_mean(x: np.ndarray) -> float:
+    return float(np.mean(x[-max(1, len(x) // 10):]))
 
 
 def _first(mask: np.ndarray) -> int | None:
@@ -188,11 +206,7 @@ def exp_symmetry(preset: Preset, data, args) -> tuple[dict, dict]:
     hp, out, curves = preset.hparams, {"variants": {}, "seeds": {}}, {}
     for seed in range(args.seeds):
         base = grouped_train(hp, preset, seed, data, 1.0, True, args.device)
-        ref = train(hp, preset, seed=seed, device=args.device, data=data, precision="fp32")
-        entry = {"baseline_test_acc": base["test_acc"],
-                 "grouped_loop_vs_train_final_loss_diff":
-                     abs(float(np.mean(base["losses"][-(len(base["losses"]) // hp.epochs):]))
-                         - ref.train_loss)}
+        entry = {"baseline_test_acc": base["test_acc"]}
         for label, r, scale_eps in SYMMETRY_VARIANTS:
             run = grouped_train(hp, preset, seed, data, r, scale_eps, args.device)
             entry[label] = compare_runs(base, run)
@@ -202,6 +216,12 @@ def exp_symmetry(preset: Preset, data, args) -> tuple[dict, dict]:
         out["seeds"][seed] = entry
     out["variants"] = {label: _summarise_variant(out["seeds"], label)
                        for label, _, _ in SYMMETRY_VARIANTS}
+    noise = curves["seed noise"]
+    out["seed_noise"] = None if len(noise) < 2 else {
+        "max_abs_loss_diff_seed1_vs_seed0": float(np.max(np.abs(np.subtract(noise[1],
+                                                                            noise[0])))),
+        "last_10pct_mean_abs_loss_diff": _tail_mean(np.abs(np.subtract(noise[1], noise[0]))),
+        "test_acc_std": statistics.stdev(s["baseline_test_acc"] for s in out["seeds"].values())}
     return out, curves
 
 
@@ -235,14 +255,19 @@ def plot_symmetry(curves: dict, path: Path) -> None:
 # ---------------------------------------------------------------- (b), (c) flat directions
 
 
+_RUNS: dict[tuple, object] = {}  # (hparams, seed) -> RunResult: (b) and (c) share the preset's
+
+
 def hooked_runs(settings: dict[str, HParams], preset, data, args) -> dict:
     """Every setting × seed, trained with the hook. Returns {label: [RunResult, ...]}."""
     runs: dict[str, list] = {k: [] for k in settings}
     for seed in range(args.seeds):
         for label, hp in settings.items():
-            runs[label].append(train(hp, preset, seed=seed, device=args.device, data=data,
-                                     hooks=[WeightNormHook(args.every)],
-                                     precision=args.precision))
+            key = (hp, seed)
+            if key not in _RUNS:
+                _RUNS[key] = train(hp, preset, seed=seed, device=args.device, data=data,
+                                   hooks=[WeightNormHook(args.every)], precision=args.precision)
+            runs[label].append(_RUNS[key])
     return runs
 
 
@@ -252,9 +277,13 @@ def lr_wd_settings(hp: HParams) -> dict[str, HParams]:
 
 
 def momentum_settings(hp: HParams) -> dict[str, HParams]:
-    return {f"rho={rho:g}, lr={hp.lr * (1 - rho) / (1 - hp.momentum):.3g}":
-            hp.replace(momentum=rho, lr=hp.lr * (1 - rho) / (1 - hp.momentum))
-            for rho in (0.8, 0.9, 0.95)}
+    """ρ in {0.8, 0.9, 0.95} at the preset's λ/(1−ρ) (the preset itself is kept bit-exact)."""
+    out = {}
+    for rho in (0.8, 0.9, 0.95):
+        h = hp if rho == hp.momentum else hp.replace(
+            momentum=rho, lr=hp.lr * (1 - rho) / (1 - hp.momentum))
+        out[f"rho={rho:g}, lr={h.lr:.3g}"] = h
+    return out
 
 
 def gmean_over_layers(diag: dict, key: str) -> np.ndarray:
@@ -267,6 +296,14 @@ def at_step(diag: dict, key: str, step: float) -> float:
     return float(gmean_over_layers(diag, key)[int(np.argmin(np.abs(steps - step)))])
 
 
+def window_mean(diag: dict, key: str, step: float, frac: float = 0.05) -> float:
+    """Mean over the logged steps within ±frac of the run around ``step``: single angles are
+    noisy, a window of them is not."""
+    steps = np.asarray(diag["steps"])
+    near = np.abs(steps - step) <= max(frac * diag["total_steps"], diag["every"])
+    return float(gmean_over_layers(diag, key)[near].mean())
+
+
 def run_summary(result, hp: HParams, ref_diag: dict | None) -> dict:
     diag = result.extras[HOOK_NAME]
     warm, end = diag["warmup_steps"], diag["steps"][-1]
@@ -274,6 +311,8 @@ def run_summary(result, hp: HParams, ref_diag: dict | None) -> dict:
     s = {"test_acc": result.test_acc, "diverged": result.diverged,
          "norm": {t: at_step(diag, "norm", v) for t, v in times.items()},
          "eff_lr": {t: at_step(diag, "eff_lr", v) for t, v in times.items()},
+         "eff_lr_total": {t: at_step(diag, "eff_lr_total", v) for t, v in times.items()},
+         "angle": {t: window_mean(diag, "angle", v) for t, v in times.items()},
          "predicted_angle_at_peak": theory.equilibrium_angular_update(
              hp.lr, hp.weight_decay, hp.momentum, nesterov=diag["nesterov"]),
          "relaxation_steps_at_peak": theory.equilibration_steps(hp.lr, hp.weight_decay,
@@ -282,8 +321,11 @@ def run_summary(result, hp: HParams, ref_diag: dict | None) -> dict:
     if ref_diag is not None:
         s["norm_ratio_vs_ref"] = {t: s["norm"][t] / at_step(ref_diag, "norm", v)
                                   for t, v in times.items()}
-        s["eff_lr_ratio_vs_ref"] = {t: s["eff_lr"][t] / at_step(ref_diag, "eff_lr", v)
-                                    for t, v in times.items()}
+        for key in ("eff_lr", "eff_lr_total"):
+            s[f"{key}_ratio_vs_ref"] = {t: s[key][t] / at_step(ref_diag, key, v)
+                                        for t, v in times.items()}
+        s["angle_ratio_vs_ref"] = {t: s["angle"][t] / window_mean(ref_diag, "angle", v)
+                                   for t, v in times.items()}
     return s
 
 
@@ -368,7 +410,8 @@ def exp_flat(kind: str, preset: Preset, data, args, figures: Path) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    preset, data = get_preset(args.preset), load(args)
+    preset = get_preset(args.preset)
+    data = load(args, preset)
     figures, out_path = Path(args.figures), Path(args.out)
     wanted = {e.strip() for e in args.experiments.split(",")}
     results = {"meta": {"preset": preset.name, "seeds": args.seeds, "device": args.device,

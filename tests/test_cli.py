@@ -56,7 +56,8 @@ def test_console_script_prints_no_traceback():
     proc = subprocess.run([sys.executable, "-m", "ridgeline.cli", "train", "--lr", "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "ridgeline: error: lr=0.0 is not allowed: it must be a finite number > 0"
+    expected = "ridgeline: error: lr=0.0 is not allowed: it must be a finite number > 0"
+    assert proc.stderr.strip() == expected
 
 
 def test_unknown_device_is_one_line_error(fake_data, capsys):

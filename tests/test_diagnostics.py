@@ -28,7 +28,7 @@ class Recorder:
         self.before.append([c.weight.detach().double().clone() for _, c in self.convs])
         self.lrs.append(lr)
 
-    def after_step(self, step, model, lr):
+    def after_step(self, step, model, lr, loss=None):
         self.after.append([c.weight.detach().double().clone() for _, c in self.convs])
 
     def result(self):

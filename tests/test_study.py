@@ -41,7 +41,7 @@ def _claimed_trial(study, hp=None, seed=3):
 def test_result_fields_match_runresult():
     from ridgeline.train import RunResult
 
-    assert st.RESULT_FIELDS == tuple(f.name for f in dataclasses.fields(RunResult))
+    assert tuple(f.name for f in dataclasses.fields(RunResult)) == st.RESULT_FIELDS
 
 
 def test_result_round_trips_through_trial_attrs(tmp_path):

@@ -107,10 +107,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.dry_run:
         return
     objective = args.objective
-    if objective is None:
-        data = load_data(args)  # fail fast on missing data, before any worker starts
+    if objective is None:  # load now: missing data fails here, before any worker starts
         objective = sweep.TrainObjective(args.data, args.download, args.device, args.precision,
-                                         data=data if args.workers == 1 else None)
+                                         data=load_data(args))
     report = sweep.run_sweep(spec, args.storage, args.study, objective, args.workers,
                              progress=not args.quiet, stale_after=args.stale_after)
     print(report.summary())
@@ -163,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("sweep", help="run (or resume) a 2-D log2 grid of runs as an Optuna study")
+    p = sub.add_parser(
+        "sweep", help="run (or resume) a 2-D log2 grid of runs as an Optuna study",
+        description="Run every point of a 2-D log2 grid as an Optuna trial; re-running the same "
+                    "command resumes it. See docs/landscapes.md. Example: ridgeline sweep "
+                    "--slice lr-wd --preset cpu-mini --steps 7 5 --seeds 2 --workers 2")
     add_hparam_flags(p)  # the grid is centred on these values
     add_run_flags(p)
     p.add_argument("--slice", required=True, metavar="A-B",

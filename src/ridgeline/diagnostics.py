@@ -77,7 +77,7 @@ class WeightNormHook:
         self._snap = [w.detach().clone() for _, w in self._weights]
 
     @torch.no_grad()
-    def after_step(self, step: int, model, lr: float) -> None:
+    def after_step(self, step: int, model, lr: float, loss=None) -> None:
         if self._snap is None:
             return
         olds, self._snap = self._snap, None

@@ -33,10 +33,15 @@ from ridgeline.sweep import SPEC_ATTR, GridSpec
 # name → (symbol of the ridge coordinate, transform, axis label): theory slope +1 against it.
 RIDGE_COORD = {
     "lr": ("λ", lambda v: v, "λ (peak learning rate)"),
-    "batch_size": ("N", lambda v: v, "N (batch size); theory λ ∝ N, slope +1"),
-    "momentum": ("1−ρ", lambda v: 1 - v, "1−ρ (ρ = momentum); theory λ ∝ 1−ρ, slope +1"),
-    "weight_decay": ("1/α", lambda v: 1 / v, "1/α (α = weight decay); theory λ ∝ 1/α, slope +1"),
+    "batch_size": ("N", lambda v: v, "N (batch size)"),
+    "momentum": ("1−ρ", lambda v: 1 - v, "1−ρ (ρ = momentum)"),
+    "weight_decay": ("1/α", lambda v: 1 / v, "1/α (α = weight decay)"),
 }
+
+
+def _label(axis: str, vs_lr: bool) -> str:
+    sym, _, text = RIDGE_COORD[axis]
+    return text + (f"; theory λ ∝ {sym}, slope +1" if vs_lr and axis != "lr" else "")
 
 
 @dataclass
@@ -58,6 +63,10 @@ class Grid:
     @property
     def row_coord(self) -> np.ndarray:
         return np.array([RIDGE_COORD[self.row_axis][1](v) for v in self.row_values], float)
+
+    @property
+    def col_coord(self) -> np.ndarray:
+        return np.array([RIDGE_COORD[self.col_axis][1](v) for v in self.col_values], float)
 
     @property
     def diverged(self) -> np.ndarray:
@@ -247,7 +256,7 @@ def write_csv(grid: Grid, path) -> Path:
 def markdown_table(grid: Grid, fit: RidgeFit | None = None) -> str:
     """Rows = the other hyperparameter, columns = λ; the best cell of each row in bold."""
     sym = SYMBOLS.get(grid.col_axis, grid.col_axis)
-    head = f"| {grid.row_axis} ({RIDGE_COORD[grid.row_axis][0]}) \\ {sym} | "
+    head = f"| {grid.row_axis} ({RIDGE_COORD[grid.row_axis][0]}) \\ {grid.col_axis} ({sym}) | "
     head += " | ".join(_fmt(v) for v in grid.col_values) + " |"
     lines = [head, "|" + "---|" * (len(grid.col_values) + 1)]
     for r, (rv, x) in enumerate(zip(grid.row_values, grid.row_coord, strict=True)):
@@ -294,7 +303,7 @@ def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = No
     fig = Figure(figsize=(1.1 * len(grid.row_values) + 3, 0.6 * len(grid.col_values) + 2.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    x, y = grid.row_coord, grid.col_values
+    x, y = grid.row_coord, grid.col_coord
     data = np.ma.masked_invalid(100 * grid.mean.T)  # [λ, x]
     best = float(np.nanmax(grid.mean)) * 100 if data.count() else 100.0
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
@@ -307,7 +316,9 @@ def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = No
     _axes(ax, grid, x, y)
     title = f"{grid.name}: mean of {grid.seeds} seed(s)"
     ax.set_title(title + ("" if fit is None else "\n" + fit.describe()), fontsize=9)
-    fig.tight_layout()
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if fit is not None else 0, 1, 1))
     fig.savefig(path, dpi=120)
     return Path(path)
 
@@ -323,7 +334,9 @@ def _annotate(ax, grid: Grid, mesh, x, y) -> None:
                 ax.add_patch(Rectangle((xe[r], ye[c]), xe[r + 1] - xe[r], ye[c + 1] - ye[c],
                                        facecolor="0.75", hatch="xx", edgecolor="0.4", lw=0))
                 ax.text(x[r], y[c], "×", ha="center", va="center", fontsize=12)
-            elif status != "missing":
+            elif status == "missing":
+                ax.text(x[r], y[c], "—", ha="center", va="center", fontsize=7, color="0.5")
+            else:
                 m = 100 * grid.mean[r, c]
                 dark = mesh.norm(m) < 0.5
                 label = f"{m:.1f}" + ("" if not grid.n_diverged[r, c] else "\n(×)")
@@ -332,9 +345,12 @@ def _annotate(ax, grid: Grid, mesh, x, y) -> None:
 
 
 def _draw_fit(ax, fit: RidgeFit, x) -> None:
-    for p in fit.points:
-        ax.plot([p.x], [p.lr], "o", ms=6, mec="red", mfc="red" if p.fitted else "none",
-                label=None)
+    for fitted, label in ((True, "best λ per column (fitted)"),
+                          (False, "best λ at an edge/gap (not fitted)")):
+        pts = [p for p in fit.points if p.fitted is fitted]
+        if pts:
+            ax.plot([p.x for p in pts], [p.lr for p in pts], "o", ms=4, mec="red",
+                    mfc="red" if fitted else "none", ls="none", label=label)
     if fit.slope is None:
         return
     used = [p for p in fit.points if p.fitted]
@@ -349,7 +365,6 @@ def _draw_fit(ax, fit: RidgeFit, x) -> None:
     ax.plot(2**v, 2 ** (um + fit.theory_slope * (v - vm)), "w--", lw=1.5,
             path_effects=[patheffects.withStroke(linewidth=2.5, foreground="black")],
             label=f"theory, slope {fit.theory_slope:+g}")
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
 
 
 def _axes(ax, grid: Grid, x, y) -> None:
@@ -363,8 +378,8 @@ def _axes(ax, grid: Grid, x, y) -> None:
         axis.set_minor_locator(NullLocator())
     ax.set_xlim(_edges(x)[[0, -1]])
     ax.set_ylim(_edges(y)[[0, -1]])
-    ax.set_xlabel(RIDGE_COORD[grid.row_axis][2], fontsize=8)
-    ax.set_ylabel(RIDGE_COORD[grid.col_axis][2], fontsize=8)
+    ax.set_xlabel(_label(grid.row_axis, grid.col_axis == "lr"), fontsize=8)
+    ax.set_ylabel(_label(grid.col_axis, False), fontsize=8)
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
 

@@ -18,9 +18,10 @@ claim of a point that another trial already covers.
 
 Liveness. JournalStorage has no Optuna heartbeat, so ridgeline records the owner process
 (host, pid, start time) and a periodic heartbeat in each RUNNING trial's system attrs. A RUNNING
-trial is *stale* when its owner on this host is gone, or (other hosts) its heartbeat is older
-than ``stale_after`` seconds; only stale trials are failed and re-run, so a second sweep started
-beside a live one never steals its points.
+trial is *stale* when its owner on this host is gone (checked at once, by pid and start time),
+or, for an owner on another host, when its heartbeat is older than ``stale_after`` seconds.
+Only stale trials are failed and re-run, so a second sweep started beside a live one never
+steals its points.
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
 
 DEFAULT_STORAGE = "ridgeline.journal"
+# Optuna's own lock file (so optuna-dashboard and scripts interoperate), but a process killed
+# mid-append leaves it behind: it is broken after 5 s instead of Optuna's 30 (appends take ms).
+LOCK_GRACE_S = 5
 STORAGE_ENV = "RIDGELINE_STORAGE"
 # RunResult's fields (tests/test_study.py checks this stays equal to ridgeline.train.RunResult);
 # spelt out so reading a study does not import torch.
@@ -56,6 +60,7 @@ RESULT_FIELDS = ("test_acc", "train_loss", "diverged", "epochs", "wall_time", "t
 KEY_ATTR = "grid_key"  # user attr: identity of a grid point (hyperparameters, preset, seed)
 FAILURE_ATTR = "failure"  # user attr on FAIL/PRUNED trials: why it did not complete
 OWNER_ATTR = "ridgeline:owner"  # system attr: {"host", "pid", "start"} of the running process
+CLAIMANT_PREFIX = "ridgeline:claimant:"  # system attrs: every process that tried to claim
 HEARTBEAT_ATTR = "ridgeline:heartbeat"  # system attr: unix time of the owner's last beat
 DIVERGED_VALUE = 0.0  # objective value of a diverged run (below any real accuracy)
 
@@ -117,7 +122,8 @@ def _open_journal(path: Path) -> JournalStorage:
         raise RidgelineError(f"storage {str(path)!r} is not an Optuna journal file: "
                              f"give a new or existing .journal path")
     try:
-        return JournalStorage(JournalFileBackend(str(path)))
+        lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except ValueError as e:  # json/UnicodeDecodeError are ValueErrors
         raise RidgelineError(f"storage {str(path)!r} is not an Optuna journal file ({e})") from None
 
@@ -268,23 +274,40 @@ def process_alive(owner: dict) -> bool:
 
 
 def claim(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Atomically take a WAITING trial (first RUNNING write wins) and sign it as ours."""
+    """Atomically take a WAITING trial (first RUNNING write wins) and sign it as ours.
+
+    Each claimant first signs under its own key, so a process killed between winning the claim
+    and writing OWNER_ATTR still left its name on the trial and is_stale can tell it is gone.
+    """
+    me = this_process()
     try:
+        study._storage.set_trial_system_attr(trial._trial_id, _claimant_key(me), me)
         if not study._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
             return False
     except UpdateFinishedTrialError:
         return False
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, this_process())
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, me)
     return True
+
+
+def _claimant_key(proc: dict) -> str:
+    return f"{CLAIMANT_PREFIX}{proc['host']}:{proc['pid']}"
+
+
+def _owners(trial: FrozenTrial) -> list[dict]:
+    """The owner, or failing that every process that tried to claim the trial."""
+    if OWNER_ATTR in trial.system_attrs:
+        return [trial.system_attrs[OWNER_ATTR]]
+    return [v for k, v in trial.system_attrs.items() if k.startswith(CLAIMANT_PREFIX)]
 
 
 def is_stale(trial: FrozenTrial, stale_after: float = 600.0, now: float | None = None) -> bool:
     """A RUNNING trial nobody is running any more (see the module docstring)."""
     if trial.state != TrialState.RUNNING:
         return False
-    owner = trial.system_attrs.get(OWNER_ATTR)
-    if owner and owner.get("host") == socket.gethostname():
-        return not process_alive(owner)
+    owners = _owners(trial)
+    if owners and all(o.get("host") == socket.gethostname() for o in owners):
+        return not any(process_alive(o) for o in owners)
     last = trial.system_attrs.get(HEARTBEAT_ATTR)
     if last is None:
         start = trial.datetime_start or dt.datetime.now()

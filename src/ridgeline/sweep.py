@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -464,7 +464,9 @@ def _run_workers(study, ref, keys, objective, workers, heartbeat_s, bar) -> Coun
     if isinstance(ref, optuna.storages.InMemoryStorage):
         raise RidgelineError("workers > 1 need a file or database storage, not in-memory")
     if objective is None:
-        objective = TrainObjective(threads=max(1, (os.cpu_count() or 1) // workers))
+        objective = TrainObjective()
+    if isinstance(objective, TrainObjective) and objective.threads is None:
+        objective = replace(objective, threads=max(1, (os.cpu_count() or 1) // workers))
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     procs = [ctx.Process(target=_worker_main, daemon=False, name=f"ridgeline-worker-{i}",

@@ -26,7 +26,7 @@ from ridgeline.errors import RidgelineError
 def total_lr(lr: float, momentum: float) -> float:
     """λ/(1−ρ): a gradient's total contribution to the weights once momentum has spent it.
 
-    Source: Page part 5 ("the total contribution of a gradient to the weights is λ/(1−ρ)").
+    Source: Page part 5, where this is the reason λ and ρ trade off along λ/(1−ρ).
     The momentum buffer feeds a gradient back with weights 1, ρ, ρ², … which sum to 1/(1−ρ);
     for Nesterov the weights are (1+ρ), ρ², ρ³, … with the same sum.
     """
@@ -54,9 +54,9 @@ def equilibrium_angular_update(lr: float, weight_decay: float, momentum: float,
     """Angle (radians) between wₜ and wₜ₊₁ per step at equilibrium: √(2λα/(1+ρ)) (heavy ball).
 
     Source: Wan et al. 2021 (arXiv:2006.08419), the limit of the angular update under SGD with
-    momentum and weight decay; Kosson et al. 2024 (arXiv:2305.17212), the SGDM row of their
-    rotational-equilibrium table. Both are for heavy-ball momentum. ``nesterov=True`` applies our
-    correction √((1+2ρ−2ρ³)) (see ``momentum_noise_factor``), which ridgeline's training needs
+    momentum and weight decay; Kosson et al. 2024 (arXiv:2305.17212), their analysis of SGD
+    with momentum. Both are for heavy-ball momentum. ``nesterov=True`` applies our
+    correction factor √(1+2ρ−2ρ³) (see ``momentum_noise_factor``), which ridgeline's training needs
     because train.make_optimizer uses torch's Nesterov SGD.
 
     Why: weight decay shrinks ‖w‖² by 2λα/(1−ρ)·‖w‖² per step while gradient noise grows it by

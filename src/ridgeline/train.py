@@ -39,7 +39,8 @@ class TrainHook(Protocol):
     def on_train_start(self, model: torch.nn.Module, optimizer, hparams: HParams,
                        total_steps: int) -> None: ...
     def before_step(self, step: int, model: torch.nn.Module, lr: float) -> None: ...
-    def after_step(self, step: int, model: torch.nn.Module, lr: float) -> None: ...
+    def after_step(self, step: int, model: torch.nn.Module, lr: float,
+                   loss: torch.Tensor) -> None: ...
     def result(self) -> dict: ...
 
 
@@ -118,10 +119,15 @@ def resolve_precision(precision: str, dev: torch.device) -> torch.dtype | None:
     return table[precision]
 
 
-def make_optimizer(model: torch.nn.Module, hp: HParams) -> torch.optim.SGD:
-    """SGD with Nesterov momentum ρ and coupled weight decay α on every parameter, as Page."""
-    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=hp.momentum,
-                           nesterov=hp.momentum > 0, weight_decay=hp.weight_decay)
+def make_optimizer(model: torch.nn.Module, hp: HParams, groups=None) -> torch.optim.SGD:
+    """SGD with Nesterov momentum ρ and coupled weight decay α on every parameter, as Page.
+
+    ``groups`` (optional SGD parameter groups) may override weight_decay per group and carry an
+    ``lr_scale`` that multiplies the schedule, e.g. for the scale-symmetry experiment.
+    """
+    return torch.optim.SGD(model.parameters() if groups is None else groups, lr=0.0,
+                           momentum=hp.momentum, nesterov=hp.momentum > 0,
+                           weight_decay=hp.weight_decay)
 
 
 def normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -163,11 +169,14 @@ def train(
     progress: bool = False,
     eval_each_epoch: bool = False,
     precision: str = "auto",
+    setup: Callable[[torch.nn.Module], list[dict] | None] | None = None,
 ) -> RunResult:
     """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
 
     ``data`` is a ridgeline.data.Cifar10 (tests pass synthetic ones); otherwise it is loaded
     from ``data_root`` / $RIDGELINE_DATA. A non-finite loss ends the run as diverged.
+    ``setup(model)``, if given, runs on the fresh model before the optimiser is built; it may
+    change the model in place and return parameter groups for :func:`make_optimizer`.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     hp = hparams or preset.hparams
@@ -190,7 +199,7 @@ def train(
     padded = augment.pad(normalise(data.train_images.to(dev), store_dtype))
     labels = data.train_labels.to(dev)
     model = ResNet9(preset.width).to(dev, memory_format=torch.channels_last)
-    opt = make_optimizer(model, hp)
+    opt = make_optimizer(model, hp, setup(model) if setup else None)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
@@ -214,7 +223,7 @@ def train(
             x, y = x_all[idx], labels[idx]
             lr = lr_at(step)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             for h in hooks:
                 h.before_step(step, model, lr)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -225,7 +234,7 @@ def train(
             scaler.update()
             opt.zero_grad(set_to_none=True)
             for h in hooks:
-                h.after_step(step, model, lr)
+                h.after_step(step, model, lr, loss.detach())
             loss_sum += loss.detach()
             correct += (out.argmax(1) == y).sum()
             step += 1

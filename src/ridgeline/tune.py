@@ -109,10 +109,11 @@ def tune(
 
     ``objective(params, seed)`` gets the full point (tuned and pass-through keys) and returns a
     score, higher is better; None, NaN or ±inf mark a diverged run, ranked below everything.
-    A step is accepted only if it beats the best by more than ``min_improvement`` — set it to
-    the seed-to-seed std so noise alone rarely moves the search. Each point is scored as the
-    mean over seeds ``seed .. seed+replicates-1``; the same seeds at every point make
-    neighbouring comparisons less noisy and make (params, seed) a replayable key.
+    A step is accepted only if it beats the best by more than ``min_improvement``: the
+    seed-to-seed std keeps noise from moving the search, but also stalls it on shallow
+    coordinates where a doubling gains less than that (docs/tuner.md measures both). Each
+    point is scored as the mean over seeds ``seed .. seed+replicates-1``; the same seeds at
+    every point make neighbouring comparisons less noisy and (params, seed) a replayable key.
     ``max_evals`` caps the points the search needs (replayed ones included), not speculative
     calls. ``bounds`` maps raw parameter names to inclusive (low, high), either may be None;
     points outside are treated as worse without being evaluated. ``workers > 1`` evaluates
@@ -301,7 +302,6 @@ class _Call:
     seed: int
     number: int  # Optuna trial number
     trial: optuna.Trial | None = None  # handle while RUNNING
-    future: Future | None = None
     value: float = math.nan
     diverged: bool = False
     error: BaseException | None = None
@@ -312,7 +312,6 @@ class _Call:
 
 @dataclass
 class _Point:
-    ctx: _Context
     calls: list[_Call]
     run: int | None = None  # set once the search needs it
 
@@ -354,14 +353,14 @@ class _Calls:
         return True
 
     def start(self, key, ctx: _Context) -> _Point:
-        point = _Point(ctx, [])
+        point = _Point([])
         self.points[key] = point
         for seed in self.seeds:
             call = self.store.replay(ctx.params, seed)
             if call is None:
                 call = self.store.create(ctx, seed, self.seeds.index(seed))
-                call.future = self.executor.submit(_evaluate, self.objective, ctx.params, seed)
-                self.inflight[call.future] = (point, call)
+                future = self.executor.submit(_evaluate, self.objective, ctx.params, seed)
+                self.inflight[future] = (point, call)
                 self.n_calls += 1
             else:
                 self.n_replayed += 1
@@ -401,6 +400,7 @@ class _Calls:
         """Finish or cancel what is left. After an error, running calls stay RUNNING (the next
         tune marks them FAIL) and finished-but-unneeded ones stay RUNNING with their value
         stashed (the next tune uses it), so an interrupted tune repeats nothing."""
+        self.harvest(block=False)  # record whatever has already finished
         for future, (_, call) in list(self.inflight.items()):
             if future.cancel():  # queued, never started: not an objective call
                 self.inflight.pop(future)

@@ -1,0 +1,114 @@
+"""Throughput of the training step against the machine's measured matmul peak.
+
+Measures, on the machine it runs on:
+  * bf16 and fp32 matmul peak (GFLOP/s),
+  * train-step throughput of the cpu-mini and paper networks (img/s, GFLOP/s from the analytic
+    FLOP count: forward + 2× backward, as a fraction of the bf16 peak), in bf16 and fp32,
+  * the end-to-end epoch time of ``train`` (augmentation, batching, lr setting, divergence
+    checks) against the pure step time, as an overhead ratio.
+Writes benchmarks/results/throughput.json (date, CPU, torch version). Not a test: run it on an
+otherwise idle machine.
+
+    RIDGELINE_DATA=../shared/data python benchmarks/throughput.py
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ridgeline.data import load_cifar10
+from ridgeline.model import ResNet9, flops_per_image
+from ridgeline.presets import get_preset
+from ridgeline.train import make_optimizer, train, versions
+
+OUT = Path(__file__).parent / "results" / "throughput.json"
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def step_throughput(preset_name: str, amp: torch.dtype | None, steps: int, warmup: int = 3):
+    """img/s of forward+backward+SGD on one fixed batch: the pure step, no data pipeline."""
+    preset = get_preset(preset_name)
+    hp = preset.hparams
+    torch.manual_seed(0)
+    model = ResNet9(preset.width).to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, hp)
+    x = torch.randn(hp.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (hp.batch_size,))
+
+    def step():
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    img_s = steps * hp.batch_size / (time.perf_counter() - t)
+    return img_s, img_s * 3 * flops_per_image(preset.width) / 1e9
+
+
+def end_to_end_overhead(pure_img_s: float) -> dict:
+    """One real cpu-mini epoch through ``train`` against the pure step rate."""
+    preset = get_preset("cpu-mini")
+    hp = preset.hparams.replace(epochs=2, warmup_epochs=1)
+    r = train(hp, preset, seed=0, data=load_cifar10(), device="cpu")
+    epoch_img_s = r.epochs[-1]["images_per_sec"]  # second epoch: no first-touch effects
+    return {"epoch_img_s": epoch_img_s, "pure_step_img_s": pure_img_s,
+            "overhead_ratio": pure_img_s / epoch_img_s - 1}
+
+
+def main() -> None:
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    nets = {}
+    for name, steps in (("cpu-mini", 60), ("paper", 3)):
+        for prec, amp in (("bf16", torch.bfloat16), ("fp32", None)):
+            img_s, gflops = step_throughput(name, amp, steps)
+            nets[f"{name}/{prec}"] = {"img_s": img_s, "gflop_s": gflops,
+                                      "fraction_of_bf16_peak": gflops / peaks["bf16"],
+                                      "fraction_of_own_peak": gflops / peaks[prec]}
+            print(name, prec, f"{img_s:.0f} img/s, {gflops:.1f} GFLOP/s")
+    overhead = end_to_end_overhead(nets["cpu-mini/bf16"]["img_s"])
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_name(), "threads": torch.get_num_threads(), "versions": versions(),
+        "machine": platform.machine(), "matmul_peak_gflop_s": peaks, "train_step": nets,
+        "end_to_end": overhead,
+        "paper_run_estimate_h": 24 * 50_000 / nets["paper/bf16"]["img_s"] / 3600,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
