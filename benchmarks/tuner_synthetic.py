@@ -90,12 +90,14 @@ def cd_objective(rep: int, opt: dict):
     return objective
 
 
-def run_cd(system, start: dict, rep: int, threshold: float = NOISE, replicates: int = 1) -> dict:
+def run_cd(system, start: dict, rep: int, threshold: float = NOISE, replicates: int = 1,
+           line_search: str = "double") -> dict:
     """Runs are objective calls (training runs): a point with k replicates costs k."""
     opt = optimum(rep)
     study = optuna.create_study(direction="maximize")
     result = tune(cd_objective(rep, opt), start, study, system, max_evals=CAP // replicates,
-                  min_improvement=threshold, replicates=replicates, seed=rep, bounds=CD_BOUNDS)
+                  min_improvement=threshold, replicates=replicates, seed=rep, bounds=CD_BOUNDS,
+                  line_search=line_search)
     first = next((r.run for r in result.history if hit(r.params, opt)), None)
     return {"runs_to_target": first and first * replicates,
             "runs_total": result.n_runs * replicates,
@@ -118,20 +120,30 @@ def to_box(p: dict) -> dict:
 
 
 def run_sampler(name: str, start: dict, rep: int, start_id: int) -> dict:
-    """Ask/tell until the target is hit or CAP trials; the start is the enqueued first trial."""
     opt = optimum(rep)
+
+    def evaluate(p: dict, rng) -> tuple[float, bool]:
+        return clean_accuracy(p, opt) + NOISE * rng.normal(), hit(p, opt)
+
+    return ask_tell(name, start, rep, start_id, BOX, evaluate, CAP)
+
+
+def ask_tell(name: str, start: dict, rep: int, start_id: int, box: dict, evaluate,
+             cap: int) -> dict:
+    """Ask/tell until the target is hit or ``cap`` trials; the start is the enqueued first
+    trial. ``evaluate(params, rng)`` gives (value, hit); a non-finite value is told FAIL."""
     study = optuna.create_study(direction="maximize", sampler=sampler(name, start, rep))
     study.enqueue_trial(to_box(start))
     rng = np.random.default_rng([rep, start_id, zlib.crc32(name.encode())])
-    dists = {k: optuna.distributions.FloatDistribution(*b, log=True) for k, b in BOX.items()}
-    for n in range(1, CAP + 1):
+    dists = {k: optuna.distributions.FloatDistribution(*b, log=True) for k, b in box.items()}
+    for n in range(1, cap + 1):
         trial = study.ask(dists)
         p = {"lr": trial.params["lr"], "momentum": 1 - trial.params["one_minus_momentum"],
              "weight_decay": trial.params["weight_decay"]}
-        value = clean_accuracy(p, opt) + NOISE * rng.normal()
+        value, reached = evaluate(p, rng)
         study.tell(trial, value if math.isfinite(value) else None,
                    state=None if math.isfinite(value) else optuna.trial.TrialState.FAIL)
-        if hit(p, opt):
+        if reached:
             return {"runs_to_target": n}
     return {"runs_to_target": None}
 
@@ -160,6 +172,18 @@ def methods() -> dict:
            "reparam CD, threshold 0": lambda s, r, i: run_cd(paper_system(), s, r, 0.0),
            "reparam CD, 2 seeds": lambda s, r, i: run_cd(paper_system(), s, r,
                                                          NOISE / math.sqrt(2), 2),
+           # The threshold as a fraction of the noise std, and the accelerating line search
+           # (steps ×2, ×4, ×16, ... then a parabolic probe in the bracket) at three of them;
+           # "accelerate, threshold σ/2" is what `ridgeline tune` does by default.
+           "reparam CD, threshold σ/2": lambda s, r, i: run_cd(paper_system(), s, r, NOISE / 2),
+           "reparam CD, accelerate": lambda s, r, i: run_cd(paper_system(), s, r,
+                                                            line_search="accelerate"),
+           "reparam CD, accelerate, threshold σ/2": lambda s, r, i: run_cd(
+               paper_system(), s, r, NOISE / 2, line_search="accelerate"),
+           "reparam CD, accelerate, threshold 0": lambda s, r, i: run_cd(
+               paper_system(), s, r, 0.0, line_search="accelerate"),
+           "raw CD, accelerate, threshold σ/2": lambda s, r, i: run_cd(
+               raw_system(), s, r, NOISE / 2, line_search="accelerate"),
            "TPE": lambda s, r, i: run_sampler("tpe", s, r, i),
            "random": lambda s, r, i: run_sampler("random", s, r, i)}
     try:
@@ -181,13 +205,18 @@ def versions() -> dict:
     return out
 
 
-def figure(results: dict) -> None:
+def figure(results: dict, path: Path, title: str, starts: dict = STARTS, cap: int = CAP,
+           target: float = TARGET) -> None:
+    """Runs to target per method (boxes over the hits, misses counted in red), one panel per
+    start."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(9 * len(results), 6), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
     rng = np.random.default_rng(0)
     for ax, (start, by_method) in zip(axes, results.items(), strict=True):
         names = list(by_method)
@@ -199,19 +228,19 @@ def figure(results: dict) -> None:
                 ax.scatter(i + rng.uniform(-0.15, 0.15, len(hits)), hits, s=10, alpha=0.6)
             misses = len(runs) - len(hits)
             if misses:
-                ax.scatter([i], [CAP * 1.4], marker="x", color="red")
-                ax.annotate(str(misses), (i, CAP * 1.4), textcoords="offset points",
+                ax.scatter([i], [cap * 1.4], marker="x", color="red")
+                ax.annotate(str(misses), (i, cap * 1.4), textcoords="offset points",
                             xytext=(7, -3), fontsize=8, color="red")
         ax.set_yscale("log")
-        ax.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=8)
-        ax.set_title(f"{start} start: {STARTS[start]}", fontsize=9)
-        ax.axhline(CAP, color="grey", lw=0.5, ls=":")
-    axes[0].set_ylabel(f"runs to within {TARGET} pp of the optimum")
-    fig.suptitle(f"Synthetic ridge landscape, noise σ = {NOISE} pp, {len(runs)} repetitions; "
-                 f"red x: number of repetitions that missed the target within {CAP} runs")
+        ax.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=7)
+        ax.set_title(f"{start} start: {starts[start]}", fontsize=9)
+        ax.axhline(cap, color="grey", lw=0.5, ls=":")
+    axes[0].set_ylabel(f"runs to within {target} pp of the optimum")
+    fig.suptitle(f"{title}, {len(runs)} repetitions; red x: number of repetitions that "
+                 f"missed the target within {cap} runs")
     fig.tight_layout()
-    OUT_PNG.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(OUT_PNG, dpi=120)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -227,7 +256,7 @@ def main() -> None:
             runs = [run(start, rep, start_id) for rep in range(args.reps)]
             results[start_name][name] = summarise(runs)
             s = results[start_name][name]
-            print(f"{start_name:>8} {name:>23}: median {s['median']}, IQR [{s['q1']}, "
+            print(f"{start_name:>8} {name:>37}: median {s['median']}, IQR [{s['q1']}, "
                   f"{s['q3']}], success {s['success_rate']:.0%}, median of hits "
                   f"{s['median_of_hits']}", flush=True)
     report = {
@@ -243,13 +272,15 @@ def main() -> None:
             "optima": [optimum(rep) for rep in range(args.reps)],
             "diverge_if_lr_over_1_minus_momentum_above": f"{DIVERGE} x u*/α* of the repetition",
             "starts": STARTS, "sampler_box_log_uniform": BOX, "cd_bounds": CD_BOUNDS,
-            "cd_min_improvement": NOISE, "reps": args.reps,
+            "cd_min_improvement": f"{NOISE} unless the method's name says otherwise",
+            "cd_line_search": "double unless the method's name says accelerate",
+            "reps": args.reps,
         },
         "results": results,
     }
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(report, indent=1) + "\n")
-    figure(results)
+    figure(results, OUT_PNG, f"Synthetic ridge landscape, noise σ = {NOISE} pp")
     print(f"wrote {OUT_JSON.relative_to(ROOT)} and {OUT_PNG.relative_to(ROOT)} "
           f"({report['cpu_seconds']} s CPU)")
 

@@ -257,3 +257,79 @@ def test_history_table():
     lines = result.history_table().splitlines()
     assert "λα/(1−ρ)" in lines[0] and len(lines) == result.n_runs + 1
     assert lines[1].split()[0] == "1" and lines[1].endswith("*")
+
+
+def u_offsets(result):
+    return [round(offsets(r.params)[0], 6) for r in result.history if r.coordinate in (None, U)]
+
+
+def test_accelerate_exact_number_of_evaluations():
+    # Optimum 6.3 doublings up in u, f = -|d - (6.3, 0, 0)|^2.
+    #  u: 1 start (0), 2 (1) better, 3 (3) better, 4 (7) better, 5 (15) worse: steps ×2, ×4,
+    #     ×16, ×256. The parabola through 3, 7, 15 peaks at 6.3: 6 (6) better. Through 3, 6, 7
+    #     it peaks at 6 again, which is known: the line search ends.
+    #  1-m: 7, 8 worse; wd: 9, 10 worse.
+    #  u again, as its neighbour 5 is not known yet: (7) is, 11 (5) worse -> stop: 11 runs, one
+    #  fewer than "double" needs (12), which walks 0, 1, ..., 7.
+    objective = Counting(bowl((6.3, 0, 0)))
+    result = tune(objective, START, new_study(), line_search="accelerate")
+    assert objective.returned == result.n_runs == 11 and result.stopped == "converged"
+    assert u_offsets(result) == [0, 1, 3, 7, 15, 6, 5]
+    assert [r.factor for r in result.history[1:6]] == [2, 4, 16, 256, 0.5]
+    assert [round(x) for x in offsets(result.best)] == [6, 0, 0]
+    plain = tune(bowl((6.3, 0, 0)), START, new_study())
+    assert plain.n_runs == 12 and plain.best == result.best
+
+
+def test_accelerate_bisects_past_a_diverged_end():
+    # Beyond 10 doublings up in u the run diverges: no parabola through a diverged end, so the
+    # bracket (3, 7, 15) is bisected: 11 diverges, 9 loses; then the parabola through 3, 7, 9
+    # finds 6.
+    def objective(params, seed):
+        return math.nan if offsets(params)[0] > 10 else bowl((6.3, 0, 0))(params, seed)
+
+    result = tune(objective, START, new_study(), line_search="accelerate")
+    assert u_offsets(result)[:8] == [0, 1, 3, 7, 15, 11, 9, 6]
+    assert not any(r.accepted for r in result.history if r.diverged)
+    assert [round(x) for x in offsets(result.best)] == [6, 0, 0]
+
+
+def test_accelerate_pulls_probes_into_the_bounds():
+    # lr may not exceed 2 (u 2.32 doublings up): ×4 from u offset 1 (lr 3.2) is out of bounds,
+    # so the bracket (0, 1, 3) has no parabola and its middle, 2 (lr 1.6), is probed.
+    result = tune(bowl((6, 0, 0)), START, new_study(), bounds={"lr": (None, 2.0)},
+                  line_search="accelerate")
+    assert all(r.params["lr"] <= 2.0 for r in result.history)
+    assert result.best["lr"] == pytest.approx(1.6)
+
+
+def test_accelerate_holds_u_fixed_off_its_coordinate():
+    result = tune(noisy, BAD_START, new_study(), min_improvement=0.05, line_search="accelerate")
+    best_u, moved = None, 0
+    for run in result.history:
+        u = run.params["lr"] * run.params["weight_decay"] / (1 - run.params["momentum"])
+        if run.coordinate in ("1-momentum", "weight_decay"):
+            assert u == pytest.approx(best_u, rel=1e-12)
+            moved += 1
+        if run.accepted:
+            best_u = u
+    assert moved >= 4 and any(r.factor and r.factor > 2 for r in result.history)
+
+
+def test_accelerate_parallel_equals_sequential():
+    sequential = tune(noisy, BAD_START, new_study(), min_improvement=0.05,
+                      line_search="accelerate")
+    parallel = tune(noisy, BAD_START, new_study(), min_improvement=0.05,
+                    line_search="accelerate", workers=3)
+    assert parallel.history == sequential.history and parallel.n_speculative > 0
+
+
+def test_unknown_line_search_is_rejected():
+    with pytest.raises(TuneError, match="line_search"):
+        tune(noisy, START, new_study(), line_search="golden")
+
+
+def test_on_run_sees_each_judged_run_once():
+    seen = []
+    result = tune(bowl((2, -1, 0)), START, new_study(), on_run=seen.append)
+    assert seen == result.history and [r.run for r in seen] == list(range(1, 12))

@@ -33,6 +33,19 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", help="auto (bf16), bf16, fp16 or fp32")
 
 
+def add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where runs go (ridgeline.executors; docs/scaling.md)."""
+    p.add_argument("--executor", choices=("inprocess", "processes", "ray"),
+                   help="inprocess (default), processes (local, one per GPU or a share of the "
+                        "cores each) or ray (tasks on a Ray cluster)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="parallel runs (default: 1 in-process; processes: one per GPU; ray: "
+                        "one per GPU, else one per CPU); N > 1 alone means --executor processes")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="join the Ray cluster at HOST:PORT or 'auto' (implies --executor ray; "
+                        "without it, --executor ray starts a local cluster for the run)")
+
+
 def hparams_from_args(args: argparse.Namespace):
     preset = get_preset(args.preset)
     overrides = {k: getattr(args, k) for k in
@@ -108,15 +121,20 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         return
     objective = args.objective
     if objective is None:  # load now: missing data fails here, before any worker starts
+        on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node
         objective = sweep.TrainObjective(args.data, args.download, args.device, args.precision,
-                                         data=load_data(args))
+                                         data=None if on_ray else load_data(args))
     report = sweep.run_sweep(spec, args.storage, args.study, objective, args.workers,
-                             progress=not args.quiet, stale_after=args.stale_after)
+                             progress=not args.quiet, stale_after=args.stale_after,
+                             executor=args.executor, ray_address=args.ray_address)
     print(report.summary())
     failed = report.ran.get("failed", 0)
     if failed:
         raise RidgelineError(f"{failed} runs failed (see user attr 'failure' in the study): "
                              f"re-run the same command to retry them")
+    if report.workers_lost and report.complete + report.running_elsewhere < report.total:
+        raise RidgelineError(f"{report.workers_lost} workers died and the grid is unfinished: "
+                             f"re-run the same command to finish it")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -131,6 +149,70 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(f"{name}: {r['cells_done']}/{r['cells']} cells, best "
               f"{r['best']['test_acc']:.2%} at {best}{ridge} -> {r['png']}")
     print(f"fits: {Path(args.out, 'fits.json')}")
+
+
+TUNED = ("lr", "momentum", "weight_decay")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from ridgeline import sweep, tune, tuner_report
+
+    if args.coords and args.invariant:
+        raise RidgelineError("--coords and --invariant exclude each other: give one")
+    preset, hp = hparams_from_args(args)
+    start = tune.start_point(hp, args.start, **{k: getattr(args, k) for k in TUNED
+                                                 if getattr(args, k) is not None})
+    custom = any(getattr(args, k) is not None for k in (*TUNED, "batch_size", "epochs",
+                                                         "warmup_epochs"))
+    name = args.study or tune.default_study_name(preset.name, "custom" if custom else args.start)
+    system = tune.coordinate_system(args.coords or "paper", args.invariant or ())
+    print(f"{name}: tuning {', '.join(system.names)} of {preset.name} from "
+          f"lr={start.lr:g} momentum={start.momentum:g} weight_decay={start.weight_decay:g} "
+          f"({args.line_search} line search, at most {args.max_evals} runs)")
+    objective = args.objective
+    if objective is None:  # load now: missing data fails here, before any worker starts
+        on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node
+        objective = sweep.TrainObjective(args.data, args.download, args.device, args.precision,
+                                         data=None if on_ray else load_data(args))
+    result = tune.tune_preset(
+        preset, start, args.storage, name, objective=objective, system=system,
+        line_search=args.line_search, min_improvement=args.min_improvement,
+        replicates=args.replicates, max_evals=args.max_evals, seed=args.seed,
+        executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+        on_run=None if args.quiet else tuner_report.Progress(args.max_evals))
+    print(result.history_table())
+    print(tuner_report.summary(result))
+    paths = tuner_report.write_report(result, args.out, name, args.storage, preset.name,
+                                      args.floor)
+    print(f"table: {paths['md']}, {paths['csv']}; figure: {paths['png']}")
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from ridgeline import invariants
+
+    point = {**get_preset(args.preset).hparams.to_dict(), **parse_setting(args.setting)}
+    change = {k: float(getattr(args, k)) for k in invariants.PAPER_SPACE.names
+              if getattr(args, k) is not None}
+    if not change:
+        raise RidgelineError("nothing to transfer: give the new value of one or more of --lr, "
+                             "--momentum, --weight-decay, --batch-size")
+    print("\n".join(invariants.describe_transfer(point, change, args.keep)))
+
+
+def parse_setting(items: list[str] | None) -> dict[str, float]:
+    """``["lr=0.4", "weight-decay=5e-4"]`` → ``{"lr": 0.4, "weight_decay": 0.0005}``."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        try:
+            if not sep or key not in ("lr", "momentum", "weight_decay", "batch_size"):
+                raise ValueError
+            out[key] = float(value)
+        except ValueError:
+            raise RidgelineError(f"--from {item!r}: use NAME=VALUE with NAME one of lr, "
+                                 f"momentum, weight_decay, batch_size") from None
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--span", type=float, nargs="+", metavar="S",
                    help="octaves each side of the centre (default (steps-1)/2: factor 2 apart)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..k-1 per grid point")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes")
+    add_executor_flags(p)
     p.add_argument("--storage", help="journal file or database URL "
                    "(default: $RIDGELINE_STORAGE or ./ridgeline.journal)")
     p.add_argument("--study", help="study name (default: SLICE-PRESET, e.g. lr-wd-cpu-mini)")
@@ -197,6 +279,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--floor", type=float, default=3.0, metavar="PP",
                    help="colour floor in percentage points below the best cell")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "tune", help="Page's tuner: coordinate descent along the flat directions",
+        description="Tune lr, momentum and weight decay by cyclic coordinate descent in "
+                    "(λα/(1−ρ), 1−ρ, α); every run is an Optuna trial and re-running the same "
+                    "command resumes without repeating a run. See docs/tuner.md. Example: "
+                    "ridgeline tune --preset cpu-mini --start bad")
+    add_hparam_flags(p)  # --lr/--momentum/--weight-decay override the start; the rest are fixed
+    add_run_flags(p)
+    p.add_argument("--start", choices=("sensible", "bad"), default="sensible",
+                   help="sensible: the preset's values; bad: Page's λ=0.001, ρ=0.5, α=0.01")
+    p.add_argument("--coords", choices=("paper", "raw"),
+                   help="paper (default): λα/(1−ρ), 1−ρ, α with λ derived; raw: λ, 1−ρ, α")
+    p.add_argument("--invariant", action="append", metavar="EXPR",
+                   help="tune in this monomial as a coordinate, e.g. 'lr/(1-momentum)' "
+                        "(repeatable; the free parameters complete the basis)")
+    p.add_argument("--line-search", choices=("accelerate", "double"), default="accelerate",
+                   help="accelerate (default): steps ×2, ×4, ×16, ... then a parabolic probe; "
+                        "double: the paper's ×2 / ÷2")
+    p.add_argument("--min-improvement", type=float, metavar="ACC",
+                   help="a step must beat the best by more than this (test accuracy as a "
+                        "fraction; default: half the preset's seed-to-seed std)")
+    p.add_argument("--replicates", type=int, default=1, help="seeds averaged per point")
+    p.add_argument("--max-evals", type=int, default=40, help="at most this many points")
+    p.add_argument("--seed", type=int, default=0, help="first seed of each point")
+    add_executor_flags(p)
+    p.add_argument("--storage", help="journal file or database URL "
+                   "(default: $RIDGELINE_STORAGE or ./ridgeline.journal)")
+    p.add_argument("--study", help="study name (default: tune-PRESET-START, e.g. "
+                   "tune-cpu-mini-bad; tune-PRESET-custom with hyperparameter flags)")
+    p.add_argument("--objective", metavar="MODULE:FUNCTION",
+                   help="run this instead of training (tests, other models), as for sweep")
+    p.add_argument("--out", default="tuning", help="folder for the table and the figure")
+    p.add_argument("--floor", type=float, default=3.0, metavar="PP",
+                   help="heatmap colour floor in percentage points below the best cell")
+    p.add_argument("--quiet", action="store_true", help="no line per run")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "transfer", help="move a setting along the flat directions when one value changes",
+        description="Apply the change and re-derive the other hyperparameters so the kept "
+                    "invariants stay fixed. Example: ridgeline transfer --preset paper "
+                    "--batch-size 128")
+    p.add_argument("--preset", default="cpu-mini", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--from", dest="setting", nargs="+", metavar="NAME=VALUE",
+                   help="the setting, where it differs from the preset's (e.g. lr=0.3)")
+    for flag, name in (("--lr", "lr"), ("--momentum", "momentum"),
+                       ("--weight-decay", "weight_decay"), ("--batch-size", "batch_size")):
+        p.add_argument(flag, type=float, help=f"new {SYMBOLS[name]}")
+    p.add_argument("--keep", action="append", metavar="EXPR",
+                   help="an invariant to hold, e.g. lr/batch_size (repeatable; default: "
+                        "lr*weight_decay/((1-momentum)*batch_size), which keeps the paper's "
+                        "ridge of whatever changes)")
+    p.set_defaults(func=cmd_transfer)
     return parser
 
 

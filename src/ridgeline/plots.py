@@ -296,13 +296,29 @@ def _edges(values: np.ndarray) -> np.ndarray:
 
 def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = None) -> Path:
     """Heatmap PNG: colours clipped at best − floor_pp points, values annotated, × = diverged."""
-    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(1.1 * len(grid.row_values) + 3, 0.6 * len(grid.col_values) + 2.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    draw_heatmap(fig, ax, grid, floor_pp)
+    if fit is not None:
+        _draw_fit(ax, fit, grid.row_coord)
+    title = f"{grid.name}: mean of {grid.seeds} seed(s)"
+    ax.set_title(title + ("" if fit is None else "\n" + fit.describe()), fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if fit is not None else 0, 1, 1))
+    fig.savefig(path, dpi=120)
+    return Path(path)
+
+
+def draw_heatmap(fig, ax, grid: Grid, floor_pp: float = 3.0) -> None:
+    """The annotated heatmap of ``grid`` on ``ax``, with its colour bar and log2 axes fixed to
+    the grid (shared by :func:`plot_grid` and the tuner's trajectory figure)."""
+    import matplotlib
+
     x, y = grid.row_coord, grid.col_coord
     data = np.ma.masked_invalid(100 * grid.mean.T)  # [λ, x]
     best = float(np.nanmax(grid.mean)) * 100 if data.count() else 100.0
@@ -311,16 +327,7 @@ def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = No
                          vmin=best - floor_pp, vmax=best)
     fig.colorbar(mesh, ax=ax, label=f"test accuracy (%), clipped below best − {floor_pp:g}")
     _annotate(ax, grid, mesh, x, y)
-    if fit is not None:
-        _draw_fit(ax, fit, x)
     _axes(ax, grid, x, y)
-    title = f"{grid.name}: mean of {grid.seeds} seed(s)"
-    ax.set_title(title + ("" if fit is None else "\n" + fit.describe()), fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 if fit is not None else 0, 1, 1))
-    fig.savefig(path, dpi=120)
-    return Path(path)
 
 
 def _annotate(ax, grid: Grid, mesh, x, y) -> None:

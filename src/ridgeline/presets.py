@@ -50,7 +50,7 @@ PRESETS: dict[str, Preset] = {
                         epochs=12, warmup_epochs=2.5),
         width=0.25,
         train_size=10_000,
-        noise_std=0.0,
+        noise_std=0.0033,
         description="Quarter-width ResNet-9 on 10k images, 12 epochs, N=64: ~75 s on 2 cores.",
     ),
     # For tests and smoke runs only: seconds, not minutes. Not a meaningful objective.

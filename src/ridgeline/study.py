@@ -21,7 +21,10 @@ Liveness. JournalStorage has no Optuna heartbeat, so ridgeline records the owner
 trial is *stale* when its owner on this host is gone (checked at once, by pid and start time),
 or, for an owner on another host, when its heartbeat is older than ``stale_after`` seconds.
 Only stale trials are failed and re-run, so a second sweep started beside a live one never
-steals its points.
+steals its points. Worker loops started by an executor (ridgeline.executors) add tags to their
+owner record: ``worker`` (a token the coordinator knows, so a worker it saw die marks its trials
+stale at once) and, on Ray, ``ray_node`` (so a pid on another node can be checked there). Those
+checks are passed in as a *probe*; without one, other hosts fall back to the heartbeat.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -63,6 +66,9 @@ OWNER_ATTR = "ridgeline:owner"  # system attr: {"host", "pid", "start"} of the r
 CLAIMANT_PREFIX = "ridgeline:claimant:"  # system attrs: every process that tried to claim
 HEARTBEAT_ATTR = "ridgeline:heartbeat"  # system attr: unix time of the owner's last beat
 DIVERGED_VALUE = 0.0  # objective value of a diverged run (below any real accuracy)
+PG_CONNECT_TIMEOUT_S = 10  # an unreachable PostgreSQL host fails in seconds, not a TCP timeout
+# Extra fields of this process's owner record, set by the executor that started this worker.
+_OWNER_TAGS: dict = {}
 
 # Wide fixed ranges: the params are always enqueued values, these only label them for Optuna.
 DISTRIBUTIONS = {
@@ -103,13 +109,39 @@ def open_storage(ref: str | os.PathLike | BaseStorage | None = None) -> BaseStor
     text = str(ref)
     try:
         if "://" in text:
-            return RDBStorage(text)
+            return _open_rdb(text)
         return _open_journal(Path(text))
     except RidgelineError:
         raise
     except Exception as e:  # sqlalchemy/driver/OS errors: many types, all user-facing here
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RidgelineError(f"cannot open storage {storage_label(text)!r}: {reason}") from None
+
+
+def _open_rdb(url: str) -> RDBStorage:
+    """PostgreSQL gets a driver that is installed and a connect timeout: libpq's default is to
+    wait for the OS TCP timeout (minutes) on a host that drops packets, which would hang every
+    worker at start-up."""
+    if url.startswith(("postgresql", "postgres:")):
+        args = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return RDBStorage(_pg_driver(url), engine_kwargs={"connect_args": args})
+    return RDBStorage(url)
+
+
+def _pg_driver(url: str) -> str:
+    """A bare ``postgresql://`` (or ``postgres://``) URL names no driver, and SQLAlchemy's
+    default changed from psycopg2 to psycopg 3 in 2.1: use whichever is installed (the
+    ``postgres`` extra installs psycopg2-binary). An explicit ``+driver`` is kept."""
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme:
+        return url
+    import importlib.util
+
+    for driver in ("psycopg2", "psycopg"):
+        if importlib.util.find_spec(driver):
+            return f"postgresql+{driver}://{rest}"
+    raise RidgelineError(f"cannot open storage {storage_label(url)!r}: no PostgreSQL driver "
+                         f"is installed (pip install 'ridgeline[postgres]')")
 
 
 def _open_journal(path: Path) -> JournalStorage:
@@ -256,7 +288,14 @@ def _proc_start(pid: int) -> str | None:
 
 def this_process() -> dict:
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid), **_OWNER_TAGS}
+
+
+def set_owner_tags(**tags) -> None:
+    """Tag every trial this process claims from now on (an executor's worker token, its Ray
+    node): a worker process may be reused for several worker loops, so tags are replaced."""
+    _OWNER_TAGS.clear()
+    _OWNER_TAGS.update({k: v for k, v in tags.items() if v is not None})
 
 
 def process_alive(owner: dict) -> bool:
@@ -301,11 +340,24 @@ def _owners(trial: FrozenTrial) -> list[dict]:
     return [v for k, v in trial.system_attrs.items() if k.startswith(CLAIMANT_PREFIX)]
 
 
-def is_stale(trial: FrozenTrial, stale_after: float = 600.0, now: float | None = None) -> bool:
-    """A RUNNING trial nobody is running any more (see the module docstring)."""
+Probe = Callable[[dict], "bool | None"]  # owner record -> alive, dead, or None: cannot tell
+
+
+def is_stale(trial: FrozenTrial, stale_after: float = 600.0, now: float | None = None,
+             probe: Probe | None = None) -> bool:
+    """A RUNNING trial nobody is running any more (see the module docstring).
+
+    ``probe`` answers for owners this host cannot check itself (a worker the coordinator saw
+    die, a pid on another Ray node); where it cannot tell, the usual rules apply.
+    """
     if trial.state != TrialState.RUNNING:
         return False
     owners = _owners(trial)
+    verdicts = [probe(o) for o in owners] if probe and owners else []
+    if True in verdicts:
+        return False
+    if verdicts and all(v is False for v in verdicts):
+        return True
     if owners and all(o.get("host") == socket.gethostname() for o in owners):
         return not any(process_alive(o) for o in owners)
     last = trial.system_attrs.get(HEARTBEAT_ATTR)
@@ -315,11 +367,12 @@ def is_stale(trial: FrozenTrial, stale_after: float = 600.0, now: float | None =
     return (time.time() if now is None else now) - float(last) > stale_after
 
 
-def fail_stale_trials(study: optuna.Study, stale_after: float = 600.0) -> list[int]:
+def fail_stale_trials(study: optuna.Study, stale_after: float = 600.0,
+                      probe: Probe | None = None) -> list[int]:
     """FAIL every stale RUNNING trial (so the sweep re-runs its point); their numbers."""
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_stale(t, stale_after) and finish_unrun(
+        if is_stale(t, stale_after, probe=probe) and finish_unrun(
                 study, t._trial_id, TrialState.FAIL, "interrupted: its process is gone"):
             failed.append(t.number)
     return failed

@@ -12,9 +12,15 @@ at a time (Optuna's first-RUNNING-write-wins), so N workers never run a point tw
 sweep loses only the runs it had in flight. Points are enqueued seed-major, so a partial sweep
 already holds a whole single-seed map.
 
+Workers. Where they run is the executor's business (``ridgeline.executors``: in-process, local
+processes, Ray tasks); each worker loop opens the study from the storage reference and claims
+points itself. While they run, the coordinator fails the trials of workers that died and
+re-queues those points, so a worker killed mid-run costs one re-run, not a hole in the grid.
+
 Objective. ``objective(hparams, preset_name, seed)`` returns a RunResult (or its dict), a float
-test accuracy, or None for a diverged run. Worker processes are spawned, so pass either a
-module-level callable or a ``"module:function"`` string; the default trains ResNet-9.
+test accuracy, or None for a diverged run. Worker processes are spawned (or are Ray tasks), so
+pass either a module-level callable or a ``"module:function"`` string; the default trains
+ResNet-9.
 """
 
 from __future__ import annotations
@@ -22,9 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-import multiprocessing as mp
 import os
-import pickle
 import platform
 import sys
 import time
@@ -37,6 +41,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from ridgeline import executors
 from ridgeline import study as st
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
@@ -49,6 +54,7 @@ ALIASES = {**{v: k for k, v in SHORT.items()}, **{a: a for a in AXES}, "bs": "ba
 SLICES = {"lr-batch": ("lr", "batch_size"), "lr-momentum": ("lr", "momentum"),
           "lr-wd": ("lr", "weight_decay")}  # the paper's three landscapes
 SPEC_ATTR = "ridgeline_spec"  # study user attr: the latest GridSpec, for `ridgeline plot`
+SCAN_S = 2.0  # while workers run, the coordinator re-reads the study this often
 
 
 # ----------------------------------------------------------------------------- grid
@@ -337,18 +343,11 @@ def work(study: optuna.Study, keys: set[str], objective: Callable, heartbeat_s: 
 
 
 def _worker_main(storage, study_name: str, keys: set[str], objective, heartbeat_s: float,
-                 errors) -> None:
-    """Entry point of a spawned worker: stops taking points once its coordinator is gone."""
-    parent = mp.parent_process()
-    try:
-        study = st.open_study(study_name, storage, create=False)
-        work(study, keys, resolve_objective(objective), heartbeat_s,
-             should_stop=lambda: parent is not None and not parent.is_alive())
-    except RidgelineError as e:
-        errors.put(str(e))
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+                 stop: Callable[[], bool]) -> Counter:
+    """One worker loop, wherever an executor put it: reopen the study and run points until
+    none waits (or ``stop()``: its coordinator is gone)."""
+    study = st.open_study(study_name, storage, create=False)
+    return work(study, keys, resolve_objective(objective), heartbeat_s, should_stop=stop)
 
 
 # ----------------------------------------------------------------------------- coordinator
@@ -363,15 +362,20 @@ class SweepReport:
     ran: Counter  # outcomes of the runs this call made
     running_elsewhere: int  # live RUNNING trials owned by other processes
     requeued: list[int]  # numbers of stale trials failed and re-enqueued
+    workers_lost: int = 0  # worker loops that died mid-sweep (their points were re-run)
+    executor: str = ""  # where the runs ran, e.g. "processes, 2 workers (1 threads each)"
 
     def summary(self) -> str:
         failed = self.ran.get("failed", 0)
         text = (f"{self.study}: {self.complete}/{self.total} points complete "
                 f"({self.diverged} diverged); this run: {sum(self.ran.values())} run, "
                 f"{failed} failed, {len(self.requeued)} interrupted re-queued")
+        if self.workers_lost:
+            text += f"; workers lost: {self.workers_lost}"
         if self.running_elsewhere:
             text += f"; {self.running_elsewhere} still running in other processes"
-        return text + f" [{self.storage}]"
+        where = f"; {self.executor}" if self.executor else ""
+        return text + f" [{self.storage}{where}]"
 
 
 def grid_status(study: optuna.Study, spec: GridSpec) -> dict[str, Counter]:
@@ -385,18 +389,47 @@ def grid_status(study: optuna.Study, spec: GridSpec) -> dict[str, Counter]:
     return status
 
 
-def enqueue_missing(study: optuna.Study, spec: GridSpec, stale_after: float) -> tuple[int, list]:
+COVERED = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+
+
+def enqueue_missing(study: optuna.Study, spec: GridSpec, stale_after: float,
+                    probe: st.Probe | None = None) -> tuple[int, list]:
     """FAIL stale trials, then enqueue each point with no COMPLETE/WAITING/live RUNNING trial."""
-    requeued = st.fail_stale_trials(study, stale_after)
+    requeued = st.fail_stale_trials(study, stale_after, probe)
     status = grid_status(study, spec)
-    covered = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
     n = 0
     for p in spec.points():
-        if not any(status[p.key][s] for s in covered):
-            study.enqueue_trial(st.point_params(p.hparams, p.seed),
-                                user_attrs=st.point_attrs(p.hparams, spec.preset, p.seed))
+        if not any(status[p.key][s] for s in COVERED):
+            _enqueue(study, spec, p)
             n += 1
     return n, requeued
+
+
+def _enqueue(study: optuna.Study, spec: GridSpec, p: GridPoint) -> None:
+    study.enqueue_trial(st.point_params(p.hparams, p.seed),
+                        user_attrs=st.point_attrs(p.hparams, spec.preset, p.seed))
+
+
+def requeue_interrupted(study: optuna.Study, spec: GridSpec, stale_after: float,
+                        probe: st.Probe | None = None) -> int:
+    """Mid-sweep: FAIL stale trials and re-queue the points whose run was interrupted (not
+    those whose objective raised: they are retried by the next sweep, as before); returns
+    how many of the grid's trials wait to be run."""
+    st.fail_stale_trials(study, stale_after, probe)
+    points = {p.key: p for p in spec.points()}
+    status: dict[str, Counter] = {k: Counter() for k in points}
+    interrupted = set()
+    for t in study.get_trials(deepcopy=False):
+        k = t.user_attrs.get(st.KEY_ATTR)
+        if k in status:
+            status[k][t.state] += 1
+            if str(t.user_attrs.get(st.FAILURE_ATTR, "")).startswith("interrupted"):
+                interrupted.add(k)
+    for k in interrupted:
+        if not any(status[k][s] for s in COVERED):
+            _enqueue(study, spec, points[k])
+            status[k][TrialState.WAITING] += 1
+    return sum(c[TrialState.WAITING] for c in status.values())
 
 
 @contextlib.contextmanager
@@ -420,29 +453,38 @@ def _enqueue_lock(storage):
 
 
 def run_sweep(spec: GridSpec, storage=None, study_name: str | None = None, objective=None,
-              workers: int = 1, progress: bool = True, heartbeat_s: float = 60.0,
-              stale_after: float = 600.0) -> SweepReport:
-    """Run (or resume) every point of ``spec`` in ``storage``; see the module docstring."""
-    if not (isinstance(workers, int) and workers >= 1):
-        raise RidgelineError(f"workers={workers!r} is not allowed: it must be an int >= 1")
+              workers: int | None = None, progress: bool = True, heartbeat_s: float = 60.0,
+              stale_after: float = 600.0, executor=None,
+              ray_address: str | None = None) -> SweepReport:
+    """Run (or resume) every point of ``spec`` in ``storage``; see the module docstring.
+
+    ``executor``: "inprocess", "processes", "ray" or an ``executors.Executor`` (which the
+    caller then closes); by default Ray when ``ray_address`` is given, local processes when
+    ``workers > 1``, else in-process.
+    """
     ref = _portable_ref(storage)
     name = study_name or spec.default_study_name()
-    study = st.open_study(name, ref)
-    study.set_user_attr(SPEC_ATTR, spec.to_dict())
-    with _enqueue_lock(study._storage):
-        _, requeued = enqueue_missing(study, spec, stale_after)
-    keys = {p.key for p in spec.points()}
-    bar = tqdm(total=len(keys), initial=_complete(study, keys), unit="point", desc=name,
-               disable=not progress, dynamic_ncols=True)
-    try:
-        if workers == 1:
-            ran = work(study, keys, resolve_objective(objective), heartbeat_s,
-                       on_done=lambda _: bar.update(1))
-        else:
-            ran = _run_workers(study, ref, keys, objective, workers, heartbeat_s, bar)
-    finally:
-        bar.close()
-    return _report(study, ref, keys, ran, requeued)
+    study = st.open_study(name, ref)  # before the executor: a bad storage must not start Ray
+    ex = executors.make_executor(executor, workers, ray_address)
+    with ex if ex is not executor else contextlib.nullcontext(ex):
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        with _enqueue_lock(study._storage):
+            _, requeued = enqueue_missing(study, spec, stale_after, ex.probe())
+        keys = {p.key for p in spec.points()}
+        bar = tqdm(total=len(keys), initial=_complete(study, keys), unit="point", desc=name,
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            if isinstance(ex, executors.InProcess):
+                ran, lost = work(study, keys, resolve_objective(objective), heartbeat_s,
+                                 on_done=lambda _: bar.update(1)), 0
+            else:
+                ran, lost = _run_workers(study, ref, spec, objective, ex, heartbeat_s,
+                                         stale_after, bar)
+        finally:
+            bar.close()
+    report = _report(study, ref, keys, ran, requeued, lost)
+    report.executor = ex.describe()
+    return report
 
 
 def _portable_ref(storage):
@@ -460,40 +502,42 @@ def _complete(study: optuna.Study, keys: set[str]) -> int:
     return len(done & keys)
 
 
-def _run_workers(study, ref, keys, objective, workers, heartbeat_s, bar) -> Counter:
+def _run_workers(study, ref, spec, objective, ex, heartbeat_s, stale_after,
+                 bar) -> tuple[Counter, int]:
+    """Worker loops on ``ex``, supervised: outcome counts and how many workers were lost."""
     if isinstance(ref, optuna.storages.InMemoryStorage):
-        raise RidgelineError("workers > 1 need a file or database storage, not in-memory")
+        raise RidgelineError(f"the {ex.name} executor needs a file or database storage, "
+                             f"not in-memory")
     if objective is None:
         objective = TrainObjective()
-    if isinstance(objective, TrainObjective) and objective.threads is None:
-        objective = replace(objective, threads=max(1, (os.cpu_count() or 1) // workers))
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_worker_main, daemon=False, name=f"ridgeline-worker-{i}",
-                         args=(ref, study.study_name, keys, objective, heartbeat_s, errors))
-             for i in range(workers)]
+    threads = getattr(ex, "threads", None)
+    if isinstance(objective, TrainObjective) and objective.threads is None and threads:
+        objective = replace(objective, threads=threads)
+    if getattr(ex, "nodes", 1) > 1 and st.journal_path(study._storage) is not None:
+        tqdm.write(f"ridgeline: warning: a journal file is shared by {ex.nodes} Ray nodes only "
+                   f"if {ref} is on a filesystem they all mount; else use a PostgreSQL URL",
+                   file=sys.stderr)
+    keys = {p.key for p in spec.points()}
     before = _done_counts(study, keys)
-    for p in procs:
-        try:
-            p.start()
-        except (AttributeError, TypeError, pickle.PicklingError) as e:
-            raise RidgelineError(f"objective {objective!r} cannot be sent to worker processes "
-                                 f"({e}): use a module-level function or 'module:function'"
-                                 ) from None
-    try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(0.5)
-            bar.update(_complete(study, keys) - bar.n)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.join(timeout=30)  # they got the SIGINT too and FAIL their trials
-        raise
-    for p in procs:
-        p.join()
-    bar.update(_complete(study, keys) - bar.n)
-    if not errors.empty():
-        raise RidgelineError(errors.get())
-    return _done_counts(study, keys) - before
+
+    last = {"at": -math.inf, "waiting": 0}
+
+    def tick(dead: frozenset, fresh: bool) -> int:
+        """Fail the trials of workers seen to die, re-queue them, show progress: at once when
+        a worker ended (``fresh``), else every SCAN_S (a scan reads every trial: cheap in a
+        journal, a real query on a database shared by hundreds of runs)."""
+        if not fresh and time.monotonic() - last["at"] < SCAN_S:
+            return last["waiting"]
+        probe = (lambda owner: False if owner.get("worker") in dead else None) if dead else None
+        with _enqueue_lock(study._storage):
+            waiting = requeue_interrupted(study, spec, stale_after, probe)
+        bar.update(_complete(study, keys) - bar.n)
+        last.update(at=time.monotonic(), waiting=waiting)
+        return waiting
+
+    args = (ref, study.study_name, keys, objective, heartbeat_s)
+    out = executors.supervise(ex, _worker_main, args, tick)
+    return _done_counts(study, keys) - before, out["crashed"]
 
 
 def _done_counts(study: optuna.Study, keys: set[str]) -> Counter:
@@ -509,7 +553,7 @@ def _done_counts(study: optuna.Study, keys: set[str]) -> Counter:
     return c
 
 
-def _report(study, ref, keys, ran: Counter, requeued: list[int]) -> SweepReport:
+def _report(study, ref, keys, ran: Counter, requeued: list[int], lost: int = 0) -> SweepReport:
     done, diverged, running = set(), set(), 0
     for t in study.get_trials(deepcopy=False):
         k = t.user_attrs.get(st.KEY_ATTR)
@@ -522,4 +566,4 @@ def _report(study, ref, keys, ran: Counter, requeued: list[int]) -> SweepReport:
         elif t.state == TrialState.RUNNING and not st.is_stale(t):
             running += 1
     return SweepReport(study.study_name, st.storage_label(ref), len(keys), len(done),
-                       len(diverged), ran, running, requeued)
+                       len(diverged), ran, running, requeued, lost)

@@ -11,12 +11,18 @@ it: calls whose (params, seed) already have a COMPLETE trial reuse the stored va
 tune therefore loses only the calls in flight. With several workers the next points a line
 search might need are evaluated speculatively; the decisions, and so the result, are exactly
 those of the sequential search.
+
+Line searches. ``"double"`` is the paper's: ×2, else ÷2, then the same step again while it
+improves. ``"accelerate"`` doubles the step in log2 while it improves (×2, ×4, ×16, …) and then
+brackets the best point between two worse ones and probes inside the bracket at the vertex of
+the parabola through the three (or its middle); docs/tuner.md measures both.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,12 +31,20 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from ridgeline import executors
+from ridgeline import study as st
 from ridgeline.errors import RidgelineError
-from ridgeline.invariants import CoordinateSystem, paper_system
+from ridgeline.hparams import HParams
+from ridgeline.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
+from ridgeline.presets import Preset, get_preset
+from ridgeline.sweep import TrainObjective, as_result, resolve_objective
 
-__all__ = ["Objective", "Run", "TuneError", "TuneResult", "tune"]
+__all__ = ["LINE_SEARCHES", "STARTS", "Objective", "PresetObjective", "Run", "TuneError",
+           "TuneResult", "coordinate_system", "default_study_name", "start_point", "tune",
+           "tune_preset"]
 
-Objective = Callable[[dict, int], "float | None"]
+Objective = Callable[[dict, int], object]  # float | None, or a RunResult (or its dict)
+LINE_SEARCHES = ("double", "accelerate")
 
 _LOG_RANGE = (1e-30, 1e30)  # stored distribution of log-scaled parameters: never binding
 _COMPLEMENT_MAX = 1 - 1e-9  # momentum-like parameters are stored in [0, 1 - 1e-9]
@@ -53,7 +67,7 @@ class Run:
     value: float  # mean over replicate seeds; -inf when any seed diverged
     diverged: bool
     coordinate: str | None  # None for the start point
-    factor: float | None  # the step from the best point at the time: 2.0 or 0.5
+    factor: float | None  # the step from the best point at the time: 2.0, 0.5, 4.0, ...
     values: tuple[float, ...]
     accepted: bool = False  # became the new best
     trials: tuple[int, ...] = field(default=(), compare=False)  # Optuna trial numbers
@@ -104,11 +118,16 @@ def tune(
     bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
     workers: int = 1,
     executor: Executor | None = None,
+    line_search: str = "double",
+    on_run: Callable[[Run], None] | None = None,
 ) -> TuneResult:
     """Coordinate descent from ``start`` in ``system`` (default: the paper's u, 1−ρ, α).
 
     ``objective(params, seed)`` gets the full point (tuned and pass-through keys) and returns a
     score, higher is better; None, NaN or ±inf mark a diverged run, ranked below everything.
+    It may instead return a RunResult (or its dict): its test accuracy is the score and its
+    fields become the trial's user attrs (``study.result_to_attrs``), so `ridgeline plot`,
+    ``study.trial_to_result`` and optuna-dashboard read tuner trials like sweep trials.
     A step is accepted only if it beats the best by more than ``min_improvement``: the
     seed-to-seed std keeps noise from moving the search, but also stalls it on shallow
     coordinates where a doubling gains less than that (docs/tuner.md measures both). Each
@@ -117,10 +136,15 @@ def tune(
     ``max_evals`` caps the points the search needs (replayed ones included), not speculative
     calls. ``bounds`` maps raw parameter names to inclusive (low, high), either may be None;
     points outside are treated as worse without being evaluated. ``workers > 1`` evaluates
-    speculatively on ``executor`` (a thread pool of that size by default).
+    speculatively on ``executor`` (a thread pool of that size by default). ``line_search`` is
+    one of LINE_SEARCHES (module docstring); ``on_run`` is called with each run the search
+    needed, in order, as soon as it is judged (``accepted`` set), for progress output.
     """
     system = system or paper_system()
-    search = _Search(system, start, order, max_evals, min_improvement, bounds)
+    if line_search not in LINE_SEARCHES:
+        raise TuneError(f"line_search {line_search!r} is not one of {list(LINE_SEARCHES)}")
+    search = _Search(system, start, order, max_evals, min_improvement, bounds,
+                     line_search == "accelerate", on_run)
     seeds = [seed + i for i in range(replicates)]
     _check_study(study, seeds, replicates, max_evals, workers)
     own = executor is None and workers > 1
@@ -153,8 +177,9 @@ class _BudgetSpent(Exception):
 class _Search:
     """The sequential algorithm. It only ever asks ``_Calls`` for values, in a fixed order."""
 
-    def __init__(self, system, start, order, max_evals, min_improvement, bounds) -> None:
-        self.system = system
+    def __init__(self, system, start, order, max_evals, min_improvement, bounds, accelerate,
+                 on_run) -> None:
+        self.system, self.accelerate, self.on_run = system, accelerate, on_run
         self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
         self.start = {k: v for k, v in start.items() if k in system.space.names}
         self.origin = system.to_coords(start)
@@ -186,13 +211,17 @@ class _Search:
         self.calls = calls
         try:
             self.best = self.key0
-            self.need(self.best, None, None).accepted = True
+            first = self.need(self.best, None, None)
+            first.accepted = True
+            self.report(first)
             failures, i = 0, 0
             while failures < len(self.order):
-                improved = self.line_search(self.order[i % len(self.order)])
-                # After an improvement the same coordinate is at its line optimum: both
-                # neighbours were evaluated and lost, so it counts as one failed search.
-                failures = 1 if improved else failures + 1
+                c = self.order[i % len(self.order)]
+                improved = self.line_search(c)
+                # After an improvement the coordinate counts as one failed search when both
+                # lattice neighbours of the new best are known to lose (always so for
+                # "double"; "accelerate" may stop refining before it knows both).
+                failures = failures + 1 if not improved else int(self.at_line_optimum(c))
                 i += 1
         except _BudgetSpent:
             return "max_evals"
@@ -200,26 +229,109 @@ class _Search:
 
     def line_search(self, c: int) -> bool:
         """×2; if no better, ÷2; then keep stepping the winning way while it improves."""
-        depth = range(1, self.calls.workers + 1)
-        self.speculate([_step(self.best, c, s * k) for k in depth for s in (1, -1)], c)
+        reach = [self.reach(k) for k in range(1, self.calls.workers + 1)]
+        self.speculate([_step(self.best, c, s * k) for k in reach for s in (1, -1)], c)
         for direction in (1, -1):
             if self.try_step(c, direction):
-                while self.try_step(c, direction):
-                    pass
+                if self.accelerate:
+                    self.expand_and_refine(c, direction)
+                else:
+                    while self.try_step(c, direction):
+                        pass
                 return True
         return False
 
-    def try_step(self, c: int, direction: int) -> bool:
-        key = _step(self.best, c, direction)
+    def reach(self, k: int) -> int:
+        """How far (lattice steps) the k-th step of an improving line search goes in total."""
+        return 2**k - 1 if self.accelerate else k
+
+    def expand_and_refine(self, c: int, direction: int) -> None:
+        """After a first step that improved: steps of 2, 4, 8, ... lattice points while they
+        improve, then refine inside the bracket the failed step leaves.
+
+        Far from the optimum (Page's bad start is 5-9 doublings of u away) this needs about
+        log2 of the distance runs instead of the distance itself; the refinement costs the
+        runs that the plain search would have spent stepping past the optimum.
+        """
+        step = 2
+        while self.try_step(c, direction * step):
+            step *= 2
+        b = self.best[c]
+        self.refine(c, b - direction * step // 2, b + direction * step)
+
+    def refine(self, c: int, end_a: int, end_b: int) -> None:
+        """Probe inside the bracket (lo, hi) around the best until the probe is a known point.
+
+        A probe that wins becomes the best and the old best bounds its side; one that loses
+        bounds its own side. Each probe narrows the bracket, so this ends.
+        """
+        lo, hi = sorted((end_a, end_b))
+        while (m := self.probe(c, lo, hi)) is not None:
+            b = self.best[c]
+            won = self.try_step(c, m - b, expanding=False)
+            if m > b:
+                lo, hi = (b, hi) if won else (lo, m)
+            else:
+                lo, hi = (lo, b) if won else (m, hi)
+
+    def probe(self, c: int, lo: int, hi: int) -> int | None:
+        """The lattice point to try next inside (lo, hi), or None when there is none.
+
+        The vertex of the parabola through the best and the two ends (in log2: near the optimum
+        accuracy is quadratic in log-hyperparameters), rounded; the middle of the wider gap
+        when that parabola is unusable (an end diverged, is out of bounds or not yet run; the
+        parabola opens upwards or peaks outside the bracket). A probe out of bounds is moved
+        halfway towards the best until it is in bounds.
+        """
+        b = self.best[c]
+        ys = [self.runs.get(_step(self.best, c, x - b)) for x in (lo, b, hi)]
+        vertex = None if None in ys else _vertex((lo, b, hi), [r.value for r in ys])
+        if vertex is not None and lo < vertex < hi:
+            m = math.floor(vertex + 0.5)
+        else:
+            m = b + (hi - b) // 2 if hi - b >= b - lo else b - (b - lo) // 2
+        while m != b and not self.in_bounds(self.params(_step(self.best, c, m - b))):
+            m = b + int((m - b) / 2)
+        return None if m == b or _step(self.best, c, m - b) in self.runs else m
+
+    def at_line_optimum(self, c: int) -> bool:
+        """Both lattice neighbours of the best along ``c`` are known not to beat it."""
+        best = self.runs[self.best].value
+        for k in (1, -1):
+            key = _step(self.best, c, k)
+            if key in self.runs:
+                if self.runs[key].value > best + self.threshold:
+                    return False
+            elif self.in_bounds(self.params(key)):
+                return False
+        return True
+
+    def try_step(self, c: int, k: int, expanding: bool = True) -> bool:
+        """Evaluate the best point moved ``k`` lattice steps along ``c``; move there if it wins.
+
+        While ``expanding``, the points the line search goes on to if this one wins are
+        offered for speculation too; ``key`` itself first, so the point needed now never
+        waits behind a guess.
+        """
+        key = _step(self.best, c, k)
         if not self.in_bounds(self.params(key)):
             return False
-        # ``key`` itself first, so the point needed now never waits behind a guess.
-        self.speculate([_step(key, c, direction * k) for k in range(self.calls.workers)], c)
-        run = self.need(key, self.system.names[c], 2.0**direction)
-        if run.value > self.runs[self.best].value + self.threshold:
+        depth = range(1, self.calls.workers + 1) if expanding else range(1, 2)
+        ahead = [k * (self.reach(j) - 1) for j in depth]
+        self.speculate([_step(key, c, a) for a in ahead], c)
+        fresh = key not in self.runs
+        run = self.need(key, self.system.names[c], 2.0**k)
+        won = run.value > self.runs[self.best].value + self.threshold
+        if won:
             self.best, run.accepted = key, True
-            return True
-        return False
+        if fresh:
+            self.report(run)
+        return won
+
+    def report(self, run: Run) -> None:
+        """Tell ``on_run`` about a new run once the search has judged it."""
+        if self.on_run is not None:
+            self.on_run(run)
 
     def speculate(self, keys: list[tuple[int, ...]], c: int) -> None:
         """Offer points the line search may need next; ``_Calls`` starts those it has room for."""
@@ -264,6 +376,18 @@ class _Search:
 
 def _step(key: tuple[int, ...], c: int, k: int) -> tuple[int, ...]:
     return key[:c] + (key[c] + k,) + key[c + 1 :]
+
+
+def _vertex(xs: Sequence[int], ys: Sequence[float]) -> float | None:
+    """Arg-max of the parabola through three points; None unless it opens downwards."""
+    if not all(math.isfinite(y) for y in ys):
+        return None
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    slope_a, slope_b = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+    curvature = (slope_b - slope_a) / (x2 - x0)
+    if not curvature < 0:
+        return None
+    return (x0 + x1) / 2 - slope_a / (2 * curvature)
 
 
 def _known(system: CoordinateSystem, name: str) -> str:
@@ -382,7 +506,8 @@ class _Calls:
             call.error = future.exception()
             self.store.fail(call)
             return
-        call.value, call.diverged = future.result()
+        call.value, call.diverged, attrs = future.result()
+        self.store.annotate(call, attrs)
         if point.run is None:
             self.store.hold(call)
         else:
@@ -419,12 +544,16 @@ class _Calls:
         self.store.finish_stale()
 
 
-def _evaluate(objective: Objective, params: dict, seed: int) -> tuple[float, bool]:
-    """Call the objective; None, NaN and ±inf become (−inf, diverged)."""
-    value = objective(dict(params), seed)
+def _evaluate(objective: Objective, params: dict, seed: int) -> tuple[float, bool, dict]:
+    """Call the objective: (value, diverged, user attrs). None, NaN and ±inf become
+    (−inf, diverged); a RunResult gives its test accuracy and its fields as attrs."""
+    value, attrs = objective(dict(params), seed), {}
+    if value is not None and not isinstance(value, (int, float)):
+        attrs = st.result_to_attrs(value)
+        value = None if attrs["diverged"] else attrs["test_acc"]
     if value is None or not math.isfinite(value := float(value)):
-        return -math.inf, True
-    return value, False
+        return -math.inf, True, attrs
+    return value, False, attrs
 
 
 class _Inline(Executor):
@@ -512,6 +641,12 @@ class _Store:
             raise TuneError(f"trial {trial.number} was taken over by another process")
         return _Call(seed, trial.number, trial)
 
+    def annotate(self, call: _Call, attrs: Mapping) -> None:
+        """The objective's RunResult fields, written as soon as it returns (a held speculative
+        result that a later tune reuses keeps them)."""
+        for key, value in attrs.items():
+            call.trial.set_user_attr(key, value)
+
     def hold(self, call: _Call) -> None:
         call.trial.set_user_attr("pending_value", call.value)
 
@@ -539,3 +674,120 @@ class _Store:
 
 def _fixed_json(space, params: Mapping) -> str:
     return json.dumps({k: v for k, v in params.items() if k not in space.names}, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- presets
+
+STARTS = {"bad": {"lr": 0.001, "momentum": 0.5, "weight_decay": 0.01}, "sensible": {}}
+COORDS = {"paper": paper_system, "raw": raw_system}
+# Default min_improvement in units of the preset's noise_std: docs/tuner.md measures 0 to 1.
+NOISE_FRACTION = 0.5
+_PROCESS_OBJECTIVES: dict[str, Callable] = {}  # per worker process, see PresetObjective
+
+
+def start_point(hp: HParams, start: str = "sensible", **overrides) -> HParams:
+    """``hp`` itself (sensible) or Page's bad start λ=0.001, ρ=0.5, α=0.01, then ``overrides``;
+    batch size, epochs and warm-up stay those of ``hp``."""
+    if start not in STARTS:
+        raise TuneError(f"unknown start {start!r}: use one of {', '.join(STARTS)}")
+    return hp.replace(**{**STARTS[start], **overrides})
+
+
+def default_study_name(preset: str, start: str) -> str:
+    return f"tune-{preset}-{start}"
+
+
+def coordinate_system(coords: str = "paper", invariants: Sequence[str] = ()) -> CoordinateSystem:
+    """``paper`` (u = λα/(1−ρ), 1−ρ, α), ``raw`` (λ, 1−ρ, α), or ``invariants`` held as
+    coordinates, completed by free parameters (λ derived, as in the paper)."""
+    if invariants:
+        return CoordinateSystem(SGD_SPACE, invariants)
+    if coords not in COORDS:
+        raise TuneError(f"unknown coordinates {coords!r}: use one of {', '.join(COORDS)}")
+    return COORDS[coords]()
+
+
+@dataclass
+class PresetObjective:
+    """A sweep-style objective ``(hparams, preset, seed)`` (default: training) as the tuner's
+    ``(params, seed)``, returning the RunResult dict so that every trial records it.
+
+    Worker processes receive a pickled copy with every call; the first copy each process sees
+    is kept and reused (``__setstate__``), so a TrainObjective loads CIFAR-10 once per
+    process rather than once per run.
+    """
+
+    objective: object = None  # callable, "module:function", or None: TrainObjective()
+    preset: str = "cpu-mini"
+
+    def __post_init__(self) -> None:
+        if self.objective is None:
+            self.objective = TrainObjective()
+        resolve_objective(self.objective)  # a bad "module:function" fails before any trial
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.objective = _PROCESS_OBJECTIVES.setdefault(repr(self.objective), self.objective)
+
+    def __call__(self, params: dict, seed: int) -> dict:
+        hp = HParams(**params)
+        fn = resolve_objective(self.objective)
+        t0 = time.perf_counter()
+        try:
+            out = fn(hp, self.preset, seed)
+        except RidgelineError:
+            raise
+        except Exception as e:  # the search cannot go on without this value: stop, resumably
+            why = (str(e).strip().splitlines() or [""])[0]
+            raise TuneError(f"the run at lr={hp.lr:.4g}, momentum={hp.momentum:.6g}, "
+                            f"weight_decay={hp.weight_decay:.4g}, seed {seed} failed "
+                            f"({type(e).__name__}: {why}); re-run to resume") from e
+        return as_result(out, hp, self.preset, seed, time.perf_counter() - t0)
+
+
+def tune_preset(
+    preset: str | Preset,
+    start: str | HParams = "sensible",
+    storage=None,
+    study_name: str | None = None,
+    *,
+    objective=None,
+    system: CoordinateSystem | None = None,
+    line_search: str = "accelerate",
+    min_improvement: float | None = None,
+    replicates: int = 1,
+    max_evals: int = 40,
+    seed: int = 0,
+    executor=None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    on_run: Callable[[Run], None] | None = None,
+) -> TuneResult:
+    """Tune a preset's λ, ρ, α from ``start`` ("sensible", "bad" or an HParams whose other
+    fields stay fixed); every run is a trial of ``study_name`` (default tune-PRESET-START) in
+    ``storage``. Re-running with the same arguments replays the finished runs, so an
+    interrupted tune resumes where it stopped.
+
+    Defaults are the measured best of docs/tuner.md: the accelerating line search and
+    ``min_improvement`` = NOISE_FRACTION × the preset's noise_std. ``executor``, ``workers``
+    and ``ray_address`` place runs as for sweeps (``ridgeline.executors``); with more than
+    one worker the next points a line search may need are run speculatively.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    label = start if isinstance(start, str) else "custom"
+    hp = start_point(preset.hparams, start) if isinstance(start, str) else start
+    if min_improvement is None:
+        min_improvement = NOISE_FRACTION * preset.noise_std
+    study = st.open_study(study_name or default_study_name(preset.name, label), storage)
+    with executors.make_executor(executor, workers, ray_address) as ex:
+        pool, ok = ex.futures(), False
+        try:
+            result = tune(PresetObjective(objective, preset.name), hp.to_dict(), study, system,
+                          max_evals=max_evals, min_improvement=min_improvement,
+                          replicates=replicates, seed=seed, workers=ex.workers if pool else 1,
+                          executor=pool, line_search=line_search, on_run=on_run)
+            ok = True
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=ok, cancel_futures=True)
+    return result
