@@ -2,17 +2,17 @@
 
 Table. One or more Optuna studies (default: ``grid3-cpu-mini`` in $RIDGELINE_STORAGE or
 ./ridgeline.journal) hold COMPLETE runs of one preset on a λ × (1−ρ) × α grid that is uniform
-in log2 along each axis, e.g. lr-wd sweeps at several momenta written into one study:
+in log2 along each axis: lr-wd sweeps at several momenta written into one study. This grid of
+powers of 2 around cpu-mini's values holds both starts (docs/tuner.md):
 
-    for m in 0.6 0.8 0.9 0.95 0.975; do
-      ridgeline sweep --slice lr-wd --preset cpu-mini --momentum $m --steps 11 9 --seeds 2 \\
-        --study grid3-cpu-mini
+    for m in 0.9875 0.975 0.95 0.9 0.8 0.6 0.2; do
+      ridgeline sweep --slice lr-wd --preset cpu-mini --momentum $m --lr 0.0353553 \
+        --weight-decay 0.001 --steps 12 9 --seeds 2 --study grid3-cpu-mini
     done
 
-(1−ρ = 0.4, 0.2, 0.1, 0.05, 0.025: a factor 2 apart, as λ and α are.) This script runs no
-training: it reads the trials through ridgeline.study.trial_to_result, so any study whose trials
-carry RunResult attrs (sweeps, tunes) can contribute. A cell keeps the test accuracy of each of
-its seeds (None for a diverged seed).
+This script runs no training: it reads the trials through ridgeline.study.trial_to_result, so
+any study whose trials carry RunResult attrs (sweeps, tunes) can contribute. A cell keeps the
+test accuracy of each of its seeds (None for a diverged seed).
 
 Lookup. A point goes to the nearest cell in log2 along each axis. A point more than half a step
 outside the grid, a cell nobody ran, and a seed that diverged all score as *diverged*: None to
@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the synthetic benchmark's shar
 from tuner_synthetic import ask_tell, figure, summarise, versions  # noqa: E402
 
 from ridgeline import study as st  # noqa: E402
+from ridgeline.errors import RidgelineError  # noqa: E402
 from ridgeline.invariants import paper_system, raw_system  # noqa: E402
 from ridgeline.presets import get_preset  # noqa: E402
 from ridgeline.tune import NOISE_FRACTION, STARTS, tune  # noqa: E402
@@ -230,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     preset = get_preset(args.preset)
-    table = load_table(args.storage, args.study, preset.name)
+    try:
+        table = load_table(args.storage, args.study, preset.name)
+    except RidgelineError as e:  # no such storage or study: one line, as the CLI would say
+        raise SystemExit(f"error: {e}") from None
     sigma = table.noise_std() or 100 * preset.noise_std
     threshold = NOISE_FRACTION * sigma
     starts = {name: preset.hparams.replace(**change).to_dict()

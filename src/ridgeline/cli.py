@@ -180,7 +180,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         replicates=args.replicates, max_evals=args.max_evals, seed=args.seed,
         executor=args.executor, workers=args.workers, ray_address=args.ray_address,
         on_run=None if args.quiet else tuner_report.Progress(args.max_evals))
-    print(result.history_table())
+    print(tuner_report.markdown_table(result))
     print(tuner_report.summary(result))
     paths = tuner_report.write_report(result, args.out, name, args.storage, preset.name,
                                       args.floor)

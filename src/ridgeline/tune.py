@@ -228,7 +228,8 @@ class _Search:
         return "converged"
 
     def line_search(self, c: int) -> bool:
-        """×2; if no better, ÷2; then keep stepping the winning way while it improves."""
+        """×2; if no better, ÷2; then, while it improves, the same step again ("double") or
+        steps that double ("accelerate"). True if the best point moved."""
         reach = [self.reach(k) for k in range(1, self.calls.workers + 1)]
         self.speculate([_step(self.best, c, s * k) for k in reach for s in (1, -1)], c)
         for direction in (1, -1):
@@ -250,8 +251,7 @@ class _Search:
         improve, then refine inside the bracket the failed step leaves.
 
         Far from the optimum (Page's bad start is 5-9 doublings of u away) this needs about
-        log2 of the distance runs instead of the distance itself; the refinement costs the
-        runs that the plain search would have spent stepping past the optimum.
+        log2 of the distance in runs instead of the distance itself, plus a probe or two.
         """
         step = 2
         while self.try_step(c, direction * step):
@@ -778,11 +778,12 @@ def tune_preset(
     hp = start_point(preset.hparams, start) if isinstance(start, str) else start
     if min_improvement is None:
         min_improvement = NOISE_FRACTION * preset.noise_std
+    run_one = PresetObjective(objective, preset.name)
     study = st.open_study(study_name or default_study_name(preset.name, label), storage)
     with executors.make_executor(executor, workers, ray_address) as ex:
         pool, ok = ex.futures(), False
         try:
-            result = tune(PresetObjective(objective, preset.name), hp.to_dict(), study, system,
+            result = tune(run_one, hp.to_dict(), study, system,
                           max_evals=max_evals, min_improvement=min_improvement,
                           replicates=replicates, seed=seed, workers=ex.workers if pool else 1,
                           executor=pool, line_search=line_search, on_run=on_run)

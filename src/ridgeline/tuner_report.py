@@ -27,8 +27,9 @@ from ridgeline import study as st
 from ridgeline.sweep import SPEC_ATTR, GridSpec
 from ridgeline.tune import Run, TuneResult
 
-COLUMNS = ("run", "step", "lr", "momentum", "weight_decay", "lr*weight_decay/(1-momentum)",
-           "test_acc", "diverged", "accepted", "replayed")
+U = "lr*weight_decay/(1-momentum)"
+COLUMNS = ("run", "step", "lr", "momentum", "weight_decay", U, "test_acc", "diverged",
+           "accepted", "replayed")
 PLANES = (("weight_decay", "lr-wd"), ("momentum", "lr-momentum"))  # non-λ axis, sweep slice
 
 
@@ -64,7 +65,7 @@ def markdown_table(result: TuneResult) -> str:
         acc = f"**{acc}** *" if row["accepted"] else acc
         lines.append(f"| {row['run']} | {row['step']} | {row['lr']:.4g} | "
                      f"{row['momentum']:.6g} | {row['weight_decay']:.4g} | "
-                     f"{row[COLUMNS[5]]:.4g} | {acc} |")
+                     f"{row[U]:.4g} | {acc} |")
     return "\n".join(lines) + "\n"
 
 
