@@ -199,6 +199,46 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     print("\n".join(invariants.describe_transfer(point, change, args.keep)))
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from ridgeline import report, reproduce, sweep
+    from ridgeline import study as st
+
+    preset = get_preset(args.preset)
+    out = args.out or f"reproduce-{preset.name}"
+    command = reproduce_command(args, out)
+    if args.report_only:
+        paths = report.write_report(args.storage, preset.name, out, command)
+        print(f"report: {paths['html']}, {paths['md']}")
+        return
+    plan = reproduce.plan_for(preset.name, reproduce.parse_budget(args.budget), args.storage)
+    print(plan.describe())
+    print(f"storage {st.storage_label(args.storage or st.default_storage())}; report in {out}/")
+    if args.dry_run:
+        return
+    on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node
+    # Load now: missing data fails here, before any run. The experiments train in-process.
+    data = load_data(args) if plan.diagnostics or not (args.objective or on_ray) else None
+    objective = args.objective or sweep.TrainObjective(
+        args.data, args.download, args.device, args.precision, data=None if on_ray else data)
+    opts = reproduce.Options(objective, data, args.device, args.precision, args.executor,
+                             args.workers, args.ray_address, not args.quiet)
+    result = reproduce.run(plan, args.storage, out, opts, command)
+    ran = ", ".join(f"{k} {v}" for k, v in result["ran"].items()) or "none"
+    print(f"runs made now: {ran}; report: {result['html']}, {result['md']}")
+
+
+def reproduce_command(args: argparse.Namespace, out: str) -> str:
+    """The command line that makes this report, for the report to quote."""
+    import shlex
+
+    words = ["ridgeline", "reproduce", "--preset", args.preset, "--budget", args.budget,
+             "--out", out]
+    for name in ("storage", "objective", "executor", "workers", "ray_address"):
+        if getattr(args, name) is not None:
+            words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return shlex.join(words)
+
+
 def parse_setting(items: list[str] | None) -> dict[str, float]:
     """``["lr=0.4", "weight-decay=5e-4"]`` → ``{"lr": 0.4, "weight_decay": 0.0005}``."""
     out = {}
@@ -216,7 +256,10 @@ def parse_setting(items: list[str] | None) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ridgeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ridgeline",
+        description="Tune BatchNorm ResNets along the flat directions of hyperparameter space "
+                    "(Page, How to train your ResNet 5).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train ResNet-9 once and report test accuracy")
@@ -333,6 +376,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "lr*weight_decay/((1-momentum)*batch_size), which keeps the paper's "
                         "ridge of whatever changes)")
     p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser(
+        "reproduce", help="the paper end to end within a budget: landscapes, tuner, "
+        "diagnostics, one report",
+        description="Run Page's part 5 on this machine: the three landscapes, the tuner from "
+                    "the bad and the sensible start, and the flatness experiments, planned to "
+                    "fit --budget; then write report.html and report.md. Re-running the same "
+                    "command resumes. See docs/reproduce.md. Example: ridgeline reproduce "
+                    "--preset cpu-mini --budget 3h")
+    p.add_argument("--preset", default="cpu-mini", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--budget", default="3h", metavar="RUNS|DURATION",
+                   help="a number of runs (e.g. 120) or a duration (e.g. 3h, 90m); the plan "
+                        "fits inside it (default 3h)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default reproduce-PRESET)")
+    add_run_flags(p)
+    add_executor_flags(p)
+    p.add_argument("--storage", help="journal file or database URL "
+                   "(default: $RIDGELINE_STORAGE or ./ridgeline.journal)")
+    p.add_argument("--objective", metavar="MODULE:FUNCTION",
+                   help="run this instead of training for landscapes and tuner (tests)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from what the storage holds; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or lines per run")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

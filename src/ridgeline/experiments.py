@@ -85,19 +85,20 @@ class MemoryCache:
 
     def __init__(self) -> None:
         self.units: dict[str, dict] = {}
-        self.computed = 0  # units computed (not found) through this cache
+        self.computed = 0  # training runs made (not found) through this cache
 
     def get(self, key: str, compute: Callable[[], dict], runs: int = 1) -> dict:
         if key not in self.units:
             self.units[key] = compute()
-            self.computed += 1
+            self.computed += runs
         return self.units[key]
 
 
 class StudyCache:
-    """One COMPLETE trial per unit in ``study``. A unit whose process was killed stays a
-    RUNNING trial with an owner record; the next cache on the study FAILs it (study.py's
-    liveness rules) and the unit is computed again."""
+    """One COMPLETE trial per unit in ``study``. A unit whose run raised (or was interrupted)
+    is FAILed at once; one whose process was killed stays RUNNING with an owner record, and
+    the next cache on the study FAILs it (study.py's liveness rules). Either way the unit is
+    computed again by the next cache that needs it."""
 
     def __init__(self, study: optuna.Study, read_only: bool = False) -> None:
         self.study, self.read_only, self.computed = study, read_only, 0
@@ -117,13 +118,18 @@ class StudyCache:
         storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, st.this_process())
         trial.set_user_attr(UNIT_ATTR, key)
         t0 = time.perf_counter()
-        result = compute()
+        try:
+            result = compute()
+        except BaseException as e:  # Ctrl-C or a failed run: FAIL now, computed again next time
+            st.finish_unrun(self.study, trial._trial_id, TrialState.FAIL,
+                            f"interrupted: {type(e).__name__}")
+            raise
         trial.set_user_attr("seconds", time.perf_counter() - t0)
         trial.set_user_attr("runs", runs)
         trial.set_user_attr(RESULT_ATTR, result)
         self.study.tell(trial, _unit_value(result))
         self.units[key] = result
-        self.computed += 1
+        self.computed += runs
         return result
 
 
