@@ -29,7 +29,6 @@ import contextlib
 import importlib
 import math
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -250,14 +249,12 @@ def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
     if out is not None and not isinstance(out, (int, float)):
         return st.result_dict(out)
     diverged = out is None or not math.isfinite(out)
-    import ridgeline
+    from ridgeline.train import versions  # lazy: torch loads only where runs are recorded
 
     return {"test_acc": None if diverged else float(out), "train_loss": None,
             "diverged": diverged, "epochs": [], "wall_time": seconds, "train_time": seconds,
             "images_per_sec": 0.0, "hparams": hp.to_dict(), "preset": preset, "seed": seed,
-            "device": "n/a", "precision": "n/a", "extras": {},
-            "versions": {"ridgeline": ridgeline.__version__,
-                         "python": platform.python_version()}}
+            "device": "n/a", "precision": "n/a", "extras": {}, "versions": versions()}
 
 
 # ----------------------------------------------------------------------------- workers
