@@ -1,5 +1,6 @@
 """`ridgeline reproduce`: the budget planner, resumption on a fake objective, the CLI."""
 
+import datetime
 import math
 import os
 from pathlib import Path
@@ -127,6 +128,21 @@ def test_cost_is_measured_from_finished_runs_else_the_preset_default(env):
             value=0.8, user_attrs={"preset": preset, "diverged": diverged, "wall_time": wall}))
     seconds, source = reproduce.estimate_run_seconds(journal, "cpu-mini")
     assert seconds == 70 and source.startswith("median of 3 finished cpu-mini runs")
+
+
+def test_runs_made_in_parallel_count_at_the_rate_they_were_made(env):
+    """Two workers that each take 120 s per run make a run every 60 s."""
+    journal = env / "p.journal"
+    study = st.open_study("lr-wd-cpu-mini", journal)
+    t0 = datetime.datetime(2026, 1, 1)
+    for k in range(6):  # three rounds of two runs side by side
+        start = t0 + datetime.timedelta(seconds=120 * (k // 2))
+        trial = optuna.trial.create_trial(
+            value=0.8, user_attrs={"preset": "cpu-mini", "diverged": False, "wall_time": 120})
+        trial.datetime_start, trial.datetime_complete = start, start + datetime.timedelta(
+            seconds=119)
+        study.add_trial(trial)
+    assert reproduce.estimate_run_seconds(journal, "cpu-mini")[0] == 60
 
 
 # ----------------------------------------------------------------------------- resumption

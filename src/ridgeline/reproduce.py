@@ -218,9 +218,10 @@ def storage_exists(storage) -> bool:
 
 
 def estimate_run_seconds(storage, preset: str) -> tuple[float, str]:
-    """Median wall time of the preset's finished, non-diverged runs in ``storage`` (sweeps and
-    tunes), else the preset's default."""
-    times = []
+    """Seconds of wall clock per run: the median over the preset's finished, non-diverged runs
+    in ``storage`` (sweeps and tunes) of wall time ÷ how many of them ran at its midpoint, so
+    runs made by parallel workers count at the rate they were made. Else the preset's default."""
+    runs = []  # (wall time, start, end)
     if storage_exists(storage):
         s = st.open_storage(storage)
         for study in s.get_all_studies():
@@ -229,11 +230,18 @@ def estimate_run_seconds(storage, preset: str) -> tuple[float, str]:
                 a = t.user_attrs
                 if a.get("preset") == preset and a.get("diverged") is False and a.get(
                         "wall_time"):
-                    times.append(float(a["wall_time"]))
-    if times:
-        return (max(statistics.median(times), MIN_RUN_SECONDS),
-                f"median of {len(times)} finished {preset} runs in the storage")
-    return DEFAULT_RUN_SECONDS.get(preset, FALLBACK_RUN_SECONDS), f"{preset} default"
+                    runs.append((float(a["wall_time"]), t.datetime_start, t.datetime_complete))
+    if not runs:
+        return DEFAULT_RUN_SECONDS.get(preset, FALLBACK_RUN_SECONDS), f"{preset} default"
+    spans = [(a, b) for _, a, b in runs if a and b]
+    per_run = []
+    for wall, a, b in runs:
+        mid = a + (b - a) / 2 if a and b else None
+        overlap = sum(lo < mid < hi for lo, hi in spans) if mid else 1
+        per_run.append(wall / max(overlap, 1))
+    return (max(statistics.median(per_run), MIN_RUN_SECONDS),
+            f"median of {len(runs)} finished {preset} runs in the storage, "
+            f"per run in parallel")
 
 
 def stored(storage, preset: str) -> dict:
