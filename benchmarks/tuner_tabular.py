@@ -128,7 +128,7 @@ def _box_logs(p: dict) -> list[float]:
 
 def load_table(storage, studies: list[str], preset: str) -> Table:
     """The runs of ``preset`` in ``studies`` on their grid (see the module docstring)."""
-    runs = []
+    runs, fixed = [], set()
     for name in studies:
         study = st.open_study(name, storage, create=False)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -136,8 +136,13 @@ def load_table(storage, studies: list[str], preset: str) -> Table:
             if result is not None and result.preset == preset:
                 acc = None if result.diverged else 100 * result.test_acc
                 runs.append((_box_logs(result.hparams), acc))
+                fixed.add(tuple(result.hparams.get(k) for k in
+                                ("batch_size", "epochs", "warmup_epochs")))
     if not runs:
         raise SystemExit(f"no finished {preset} runs in {studies}: run the sweeps first")
+    if len(fixed) > 1:  # e.g. an lr-batch slice: the tuner does not move N, so no table
+        raise SystemExit(f"the runs in {studies} differ in batch_size/epochs/warmup_epochs "
+                         f"({sorted(fixed)}): the table's axes are λ, 1−ρ and α only")
     logs = tuple(_axis([r[0][i] for r in runs], AXES[i]) for i in range(len(AXES)))
     table = Table(logs)
     for point, acc in runs:
