@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from ridgeline.data import load_cifar10
-from ridgeline.diagnostics import conv_weights
+from ridgeline.diagnostics import conv_weights, symmetric_param_groups
 from ridgeline.presets import get_preset
 from ridgeline.train import train, versions
 
@@ -35,16 +36,16 @@ K = 4.0  # λ×K, α÷K on the moved group
 
 
 def groups_for(moved: str, weight_decay: float):
-    """The ``setup`` callable of train(): SGD groups where ``moved`` gets λ×K and α÷K."""
+    """The ``setup`` callable of train(): SGD groups where ``moved`` gets λ×K and α÷K (the
+    symmetry experiment's groups at r = √K, without rescaling the weights)."""
+
+    def not_convs(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+        convs = {id(w) for _, w in conv_weights(model)}
+        return [(n, p) for n, p in model.named_parameters() if id(p) not in convs]
 
     def setup(model: torch.nn.Module) -> list[dict]:
-        convs = {id(w) for _, w in conv_weights(model)}
-        split = {"convs": [p for p in model.parameters() if id(p) in convs],
-                 "rest": [p for p in model.parameters() if id(p) not in convs]}
-        return [{"params": params, "lr": 0.0,
-                 "lr_scale": K if name == moved else 1.0,
-                 "weight_decay": weight_decay / K if name == moved else weight_decay}
-                for name, params in split.items()]
+        select = conv_weights if moved == "convs" else not_convs
+        return symmetric_param_groups(model, weight_decay, math.sqrt(K), select)
 
     return setup
 
