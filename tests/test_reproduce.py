@@ -2,8 +2,6 @@
 
 import datetime
 import math
-import os
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +13,7 @@ from ridgeline import study as st
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
 from ridgeline.presets import PRESETS
-from tests.synthetic import fake_cifar
+from tests.synthetic import call_log, fake_cifar, log_call
 
 FAKE = "tests.test_reproduce:fake_objective"
 
@@ -23,17 +21,12 @@ FAKE = "tests.test_reproduce:fake_objective"
 def fake_objective(hp, preset, seed):
     """Ridges along λα/(1−ρ) and λ/N (best at the tiny preset's values). Appends each call to
     $REPRO_LOG if set; raises KeyboardInterrupt instead of running call number $REPRO_STOP_AT."""
-    log = Path(os.environ.get("REPRO_LOG", ""))
-    done = log.read_text().count("\n") if log.is_file() else 0
-    if done + 1 == int(os.environ.get("REPRO_STOP_AT", "0")):
-        raise KeyboardInterrupt
+    log = call_log("REPRO")
     x_u = math.log2(hp.lr * hp.weight_decay / (1 - hp.momentum) / 1e-3)
     x_n = math.log2(hp.lr / hp.batch_size / (0.2 / 32))
     x_a = math.log2(hp.weight_decay / 5e-4)
     acc = max(0.1, 0.9 - 0.01 * x_u**2 - 0.01 * x_n**2 - 0.002 * x_a**2 + 0.001 * seed)
-    if "REPRO_LOG" in os.environ:
-        with open(log, "a") as f:
-            f.write(f"{hp.lr!r} {hp.momentum!r} {hp.weight_decay!r} {hp.batch_size} {seed}\n")
+    log_call(log, hp.lr, hp.momentum, hp.weight_decay, hp.batch_size, seed)
     return acc
 
 

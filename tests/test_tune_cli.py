@@ -2,8 +2,6 @@
 
 import csv
 import math
-import os
-from pathlib import Path
 
 import optuna
 import pytest
@@ -12,6 +10,7 @@ from optuna.trial import TrialState
 from ridgeline import study as st
 from ridgeline import tune, tuner_report
 from ridgeline.cli import main
+from tests.synthetic import call_log, log_call
 
 FAKE = "tests.test_tune_cli:fake_objective"
 
@@ -19,16 +18,11 @@ FAKE = "tests.test_tune_cli:fake_objective"
 def fake_objective(hp, preset, seed):
     """Steep in u = λα/(1−ρ) (best at 4e-4), shallow in 1−ρ and α. Appends each finished call
     to $TUNE_LOG; raises KeyboardInterrupt instead of running call number $TUNE_STOP_AT."""
-    log = os.environ.get("TUNE_LOG")
-    done = Path(log).read_text().count("\n") if log and Path(log).is_file() else 0
-    if done + 1 == int(os.environ.get("TUNE_STOP_AT", "0")):
-        raise KeyboardInterrupt
+    log = call_log("TUNE")
     x_u = math.log2(hp.lr * hp.weight_decay / (1 - hp.momentum) / 4e-4)
     x_r, x_a = math.log2((1 - hp.momentum) / 0.1), math.log2(hp.weight_decay / 5e-4)
     acc = 0.9 - 0.01 * x_u**2 - 0.002 * x_r**2 - 0.002 * x_a**2 + 0.0005 * seed
-    if log:
-        with open(log, "a") as f:
-            f.write(f"{hp.lr!r} {hp.momentum!r} {hp.weight_decay!r} {seed}\n")
+    log_call(log, hp.lr, hp.momentum, hp.weight_decay, seed)
     return acc
 
 
