@@ -11,3 +11,7 @@ class HParamError(RidgelineError, ValueError):
 
 class DataError(RidgelineError):
     """CIFAR-10 could not be found, downloaded, or verified."""
+
+
+class TuneError(RidgelineError):
+    """A tune that cannot start: bad start point, bounds, order or study."""
