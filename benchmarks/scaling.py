@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ridgeline import study as st
 from ridgeline import sweep
+from ridgeline.grid import make_grid
 from ridgeline.hparams import HParams
 from ridgeline.presets import get_preset
 
@@ -132,7 +133,7 @@ def main(argv=None) -> None:
     base = get_preset(preset).hparams.replace(epochs=args.epochs,
                                               warmup_epochs=args.epochs / 4)
     n_train = get_preset(preset).train_size  # the preset's subset, all synthetic
-    spec = sweep.make_grid("lr-wd", preset, base, steps)
+    spec = make_grid("lr-wd", preset, base, steps)
     info = machine()
     if info["load_avg_1m_at_start"] > 0.5 and not args.smoke:
         print(f"warning: load average {info['load_avg_1m_at_start']}: the machine is busy, "

@@ -31,12 +31,15 @@ inside the measured box; wandering out of it never pays.
 Noise. An evaluation returns one seed's accuracy, not the cell mean. For coordinate descent the
 seed is picked by a hash of (cell, tuner seed, repetition), so re-evaluating a point gives the
 same value, as a real run with the same seed would; the samplers draw it from the repetition's
-generator. A cell run with one seed is noiseless, so give the sweeps ≥ 2 seeds.
+generator. A cell run with one seed is noiseless, so give the sweeps ≥ 2 seeds, or add
+noise: ``--add-noise PP`` adds N(0, PP) to every lookup (for coordinate descent drawn from the
+same hash, so a re-evaluated point still gives the same value).
 
 Target. A method reaches it at its first evaluation whose cell mean (over finished seeds) is
-within TARGET pp of the best cell mean. The threshold of coordinate descent is half the pooled
-seed-to-seed std of the cells (the preset's noise_std where no cell has two seeds), as
-`ridgeline tune` uses by default. Results: benchmarks/results/tuner_tabular.json and
+within TARGET pp of the best cell mean (noise never moves the target). The threshold of
+coordinate descent is half of σ, the std of a lookup: the pooled seed-to-seed std of the cells
+combined with the added noise (the preset's noise_std where both are 0), as `ridgeline tune`
+uses by default. Results: benchmarks/results/tuner_tabular.json and
 docs/figures/tuner_tabular.png.
 
     python benchmarks/tuner_tabular.py [--storage S] [--study NAME ...] [--reps 20]
@@ -83,6 +86,15 @@ class Table:
 
     logs: tuple[np.ndarray, ...]
     cells: dict[tuple[int, ...], list] = field(default_factory=dict)  # seed accuracies (pp)
+    added_noise: float = 0.0  # pp: N(0, this) added to every lookup (--add-noise)
+
+    def draw(self, idx: tuple[int, ...] | None, pick: int, rng) -> float | None:
+        """One evaluation of cell ``idx``: seed ``pick`` (mod the seeds run), plus added noise
+        from ``rng``; None where nothing finished."""
+        values = self.cells.get(idx)
+        if not values or (value := values[pick % len(values)]) is None:
+            return None
+        return value + self.added_noise * rng.normal() if self.added_noise else value
 
     def index(self, p: dict) -> tuple[int, ...] | None:
         """The nearest cell, or None more than half a step outside the grid."""
@@ -94,6 +106,11 @@ class Table:
                 return None
             out.append(i)
         return tuple(out)
+
+    def clamp(self, p: dict) -> tuple[int, ...]:
+        """The nearest cell, however far outside the grid ``p`` is."""
+        return tuple(int(np.argmin(np.abs(c - v))) for c, v in zip(self.logs, _box_logs(p),
+                                                                    strict=True))
 
     def mean(self, idx: tuple[int, ...] | None) -> float | None:
         finished = [v for v in self.cells.get(idx, []) if v is not None]
@@ -166,10 +183,8 @@ def _axis(values: list[float], name: str) -> np.ndarray:
 def cd_objective(table: Table, rep: int):
     def objective(params: dict, seed: int) -> float | None:
         idx = table.index(params)
-        values = table.cells.get(idx)
-        if not values:
-            return None
-        return values[zlib.crc32(repr((idx, seed, rep)).encode()) % len(values)]
+        key = zlib.crc32(repr((idx, seed, rep)).encode())  # same point, same seed: same value
+        return table.draw(idx, key, np.random.default_rng(key))
 
     return objective
 
@@ -195,8 +210,8 @@ def run_cd(table: Table, system, start: dict, rep: int, threshold: float, line_s
 
 def run_sampler(table: Table, name: str, start: dict, rep: int, start_id: int, cap: int) -> dict:
     def evaluate(p: dict, rng) -> tuple[float, bool]:
-        values = table.cells.get(table.index(p)) or [None]
-        value = values[rng.integers(len(values))]
+        idx = table.index(p)
+        value = table.draw(idx, int(rng.integers(len(table.cells.get(idx) or [None]))), rng)
         return (math.nan if value is None else value), hit(table, p)
 
     return ask_tell(name, start, rep, start_id, table.box(), evaluate, cap)
@@ -217,12 +232,20 @@ def methods(table: Table, threshold: float, cap: int) -> dict:
 
 
 def grid_starts(table: Table, preset) -> dict:
-    """Starts inside a slice: its worst finished cell (bad) and the preset's defaults (sensible)."""
+    """Starts inside the grid: its worst finished cell (bad), Page's bad start clamped to the
+    grid's box (the cell nearest it, on the box's faces: the same direction, as far as the runs
+    go) and the preset's defaults (sensible)."""
     worst = min((m, idx) for idx in table.cells if (m := table.mean(idx)) is not None)[1]
-    logs = [c[i] for c, i in zip(table.logs, worst, strict=True)]
-    bad = preset.hparams.replace(lr=2 ** logs[0], momentum=1 - 2 ** logs[1],
-                                 weight_decay=2 ** logs[2]).to_dict()
-    return {"bad": bad, "sensible": preset.hparams.to_dict()}
+    paper = preset.hparams.replace(**STARTS["bad"]).to_dict()
+    return {"bad": _cell_params(table, worst, preset),
+            "paper, clamped": _cell_params(table, table.clamp(paper), preset),
+            "sensible": preset.hparams.to_dict()}
+
+
+def _cell_params(table: Table, idx: tuple[int, ...], preset) -> dict:
+    logs = [c[i] for c, i in zip(table.logs, idx, strict=True)]
+    return preset.hparams.replace(lr=2 ** logs[0], momentum=1 - 2 ** logs[1],
+                                  weight_decay=2 ** logs[2]).to_dict()
 
 
 def run_all(table: Table, starts: dict, threshold: float, reps: int, cap: int) -> dict:
@@ -248,8 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", nargs="+", default=["grid3-cpu-mini"])
     parser.add_argument("--preset", default="cpu-mini")
     parser.add_argument("--starts", choices=("paper", "grid"), default="paper",
-                        help="paper: Page's bad start and the defaults; grid: the worst cell "
-                             "and the defaults (for 2-D slices, which miss the paper's start)")
+                        help="paper: Page's bad start and the defaults; grid: the worst cell, "
+                             "Page's bad start clamped to the grid and the defaults (for grids "
+                             "that miss the paper's start)")
+    parser.add_argument("--add-noise", type=float, default=0.0, metavar="PP",
+                        help="add N(0, PP) to every lookup, drawn per repetition (a one-seed "
+                             "table is otherwise noiseless); 'seed' noise in pp, e.g. 0.33")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--cap", type=int, default=CAP)
     parser.add_argument("--out-json", type=Path, default=OUT_JSON)
@@ -261,7 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         table = load_table(args.storage, args.study, preset.name)
     except RidgelineError as e:  # no such storage or study: one line, as the CLI would say
         raise SystemExit(f"error: {e}") from None
-    sigma = table.noise_std() or 100 * preset.noise_std
+    table.added_noise = args.add_noise
+    measured = math.hypot(table.noise_std() or 0.0, args.add_noise)  # what a lookup varies by
+    sigma = measured or 100 * preset.noise_std
     threshold = NOISE_FRACTION * sigma
     starts = grid_starts(table, preset) if args.starts == "grid" else {
         name: preset.hparams.replace(**change).to_dict() for name, change in STARTS.items()}
@@ -275,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
             "studies": args.study, "preset": preset.name, "target_pp": TARGET, "cap": args.cap,
             "grid_log2": {a: c.tolist() for a, c in zip(AXES, table.logs, strict=True)},
             "cells_run": len(table.cells), "best_cell_mean_pp": table.best,
-            "noise_std_pp": sigma, "cd_min_improvement_pp": threshold,
+            "noise_std_pp": sigma, "added_noise_pp": args.add_noise,
+            "cd_min_improvement_pp": threshold,
             "start_rule": args.starts, "starts": starts,
             "skipped_starts": [n for n in starts if n not in results],
             "reps": args.reps,
@@ -284,8 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(report, indent=1) + "\n")
+    added = f", {args.add_noise:g} pp of it added" if args.add_noise else ""
     figure(results, args.out_png, f"Lookup table of real {preset.name} runs "
-           f"({len(table.cells)} cells, seed noise σ = {sigma:.2f} pp)", starts, args.cap, TARGET)
+           f"({len(table.cells)} cells, lookup noise σ = {sigma:.2f} pp{added})", starts,
+           args.cap, TARGET)
     print(f"wrote {args.out_json} and {args.out_png}")
 
 

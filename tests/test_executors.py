@@ -23,6 +23,7 @@ from ridgeline import executors, sweep
 from ridgeline import study as st
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
+from ridgeline.grid import make_grid
 from ridgeline.hparams import HParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,7 @@ def _free_port() -> int:
 def test_killed_worker_process_is_replaced_and_its_point_rerun(tmp_path, test_log):
     """SIGKILL one of two local workers mid-run: its trial is failed as interrupted at once
     (its pid is gone), the point is queued again and run by another worker, in the same sweep."""
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(3, 2))
+    spec = make_grid("lr-wd", "tiny", steps=(3, 2))
     killed: list = []
     killer = _kill_first_caller(test_log, killed)
     rep = sweep.run_sweep(spec, tmp_path / "j.journal", objective=SLOW, executor="processes",
@@ -272,7 +273,7 @@ def test_ray_sweep_spreads_points_over_two_workers(tmp_path, ray_cluster):
     assert out.returncode == 0, out.stderr
     assert "6/6 points complete" in out.stdout and "ray at" in out.stdout
     _assert_each_point_complete_once(_study(tmp_path / "j.journal"),
-                                     sweep.make_grid("lr-wd", "tiny", steps=(3, 2)))
+                                     make_grid("lr-wd", "tiny", steps=(3, 2)))
     calls = _calls(log)
     assert sorted(Counter(k for k, _, _ in calls).values()) == [1] * 6
     assert len({p for _, p, _ in calls}) == 2  # two Ray worker processes shared the grid
@@ -297,7 +298,7 @@ def test_killed_ray_worker_point_is_rerun(tmp_path, ray_cluster):
     assert proc.returncode == 0, stderr
     assert killed and "workers lost: 1" in stdout
     _assert_each_point_complete_once(_study(tmp_path / "j.journal"),
-                                     sweep.make_grid("lr-wd", "tiny", steps=(3, 2)))
+                                     make_grid("lr-wd", "tiny", steps=(3, 2)))
     calls = Counter(k for k, _, _ in _calls(log))
     assert calls[killed[0][0]] == 2 and len(calls) == 6
 
@@ -327,7 +328,7 @@ def test_killed_ray_driver_resumes_without_lost_or_duplicated_points(tmp_path, r
                          timeout=180)
     assert out.returncode == 0, out.stderr
     _assert_each_point_complete_once(_study(journal),
-                                     sweep.make_grid("lr-wd", "tiny", steps=(4, 3)))
+                                     make_grid("lr-wd", "tiny", steps=(4, 3)))
     calls = Counter(k for k, _, _ in _calls(log))
     assert all(calls[k] == 1 for k in done_before) and len(calls) == 12
 

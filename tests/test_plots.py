@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 
-from ridgeline import plots, sweep
+from ridgeline import plots
 from ridgeline.cli import main
+from ridgeline.grid import make_grid
 
 LR = 2.0 ** np.arange(-8, 8.5, 0.5)  # λ grid, half-octave steps
 X = 2.0 ** np.arange(-2, 3)  # ridge coordinate of the other hyperparameter
@@ -79,7 +80,7 @@ def _ridge_acc(hp, slope=1.0):  # a λα ridge at the tiny preset's centre
 
 
 def test_grid_puts_lr_on_columns_and_sorts_rows_by_ridge_coordinate():
-    spec = sweep.make_grid("wd-lr", "tiny", steps=(3, 9))
+    spec = make_grid("wd-lr", "tiny", steps=(3, 9))
     g = _grid(spec, _ridge_acc)
     assert g.col_axis == "lr" and g.row_axis == "weight_decay"
     assert list(g.row_coord) == sorted(g.row_coord)  # 1/α increasing = α decreasing
@@ -89,7 +90,7 @@ def test_grid_puts_lr_on_columns_and_sorts_rows_by_ridge_coordinate():
 
 
 def test_outputs(tmp_path):
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(9, 4), seeds=2)
+    spec = make_grid("lr-wd", "tiny", steps=(9, 4), seeds=2)
     g = _grid(spec, _ridge_acc)
     g.n[0, 0], g.mean[0, 0] = 0, np.nan  # one cell not run yet
     fit = plots.grid_fit(g)
@@ -129,7 +130,7 @@ def test_plot_of_an_empty_storage_is_one_line(tmp_path, capsys):
 
 
 def test_grid_without_lr_is_plotted_without_a_fit(tmp_path):
-    spec = sweep.make_grid("momentum-wd", "tiny", steps=3)
+    spec = make_grid("momentum-wd", "tiny", steps=3)
     g = _grid(spec, lambda hp: 0.9 - 0.01 * math.log2((1 - hp.momentum) / hp.weight_decay) ** 2)
     assert plots.grid_fit(g) is None
     assert plots.plot_grid(g, tmp_path / "m.png").stat().st_size > 0

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from ridgeline import study as st
 from ridgeline import sweep
 from ridgeline.cli import main
+from ridgeline.grid import make_grid
 
 pytest.importorskip("psycopg2", reason="the postgres extra (psycopg2-binary) is not installed")
 
@@ -106,7 +107,7 @@ def test_two_workers_on_postgres_run_each_point_once(tmp_path, postgres_url, mon
     log = tmp_path / "calls.log"
     monkeypatch.setenv("RIDGELINE_TEST_LOG", str(log))
     monkeypatch.setenv("RIDGELINE_TEST_SLEEP", "0.3")
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(4, 3))
+    spec = make_grid("lr-wd", "tiny", steps=(4, 3))
     rep = sweep.run_sweep(spec, postgres_url, study_name="pg-two-workers", objective=SLOW,
                           executor="processes", workers=2, progress=False)
     assert rep.complete == rep.total == 12 and rep.ran["done"] == 12

@@ -17,7 +17,9 @@ from ridgeline import study as st
 from ridgeline import sweep
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
+from ridgeline.grid import GridSpec, make_grid
 from ridgeline.hparams import HParams
+from ridgeline.objectives import TrainObjective
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = "tests.test_sweep:fake_objective"
@@ -77,25 +79,25 @@ def _assert_each_point_once(study, spec):
 # ----------------------------------------------------------------------------- grid
 
 def test_grid_is_log2_about_the_preset_centre():
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(5, 3))
+    spec = make_grid("lr-wd", "tiny", steps=(5, 3))
     assert spec.values[0] == (0.05, 0.1, 0.2, 0.4, 0.8)
     assert spec.values[1] == (0.00025, 0.0005, 0.001)
     assert spec.default_study_name() == "lr-wd-tiny"
 
 
 def test_momentum_is_gridded_in_one_minus_rho_and_batch_rounded():
-    m = sweep.make_grid("lr-momentum", "tiny", steps=(1, 3), span=(0, 1)).values[1]
+    m = make_grid("lr-momentum", "tiny", steps=(1, 3), span=(0, 1)).values[1]
     assert [1 - v for v in m] == pytest.approx([0.05, 0.1, 0.2])
-    b = sweep.make_grid("batch-lr", "cpu-mini", steps=(4, 1), span=(1, 0)).values[0]
+    b = make_grid("batch-lr", "cpu-mini", steps=(4, 1), span=(1, 0)).values[0]
     assert b == (32, 51, 81, 128) and all(isinstance(v, int) for v in b)
 
 
 def test_points_are_seed_major_with_stable_keys():
-    spec = sweep.make_grid("lr-batch", "tiny", steps=2, seeds=2)
+    spec = make_grid("lr-batch", "tiny", steps=2, seeds=2)
     pts = spec.points()
     assert [p.seed for p in pts] == [0] * 4 + [1] * 4
     assert len({p.key for p in pts}) == 8
-    assert sweep.GridSpec.from_dict(spec.to_dict()) == spec
+    assert GridSpec.from_dict(spec.to_dict()) == spec
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -111,7 +113,7 @@ def test_points_are_seed_major_with_stable_keys():
 ])
 def test_bad_grid_arguments_are_one_line(kw, match):
     with pytest.raises(RidgelineError, match=match) as e:
-        sweep.make_grid(preset="tiny", **kw)
+        make_grid(preset="tiny", **kw)
     assert "\n" not in str(e.value)
 
 
@@ -124,7 +126,7 @@ def test_cli_bad_grid_is_one_line(capsys):
 # ----------------------------------------------------------------------------- sweeps
 
 def test_sweep_runs_every_point_once_and_resume_skips_them(tmp_path, log):
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(3, 2), seeds=2)
+    spec = make_grid("lr-wd", "tiny", steps=(3, 2), seeds=2)
     rep = sweep.run_sweep(spec, tmp_path / "j.journal", objective=FAKE, progress=False)
     assert rep.complete == rep.total == 12 and rep.ran["done"] == 12
     study = st.open_study("lr-wd-tiny", tmp_path / "j.journal", create=False)
@@ -139,7 +141,7 @@ def test_sweep_runs_every_point_once_and_resume_skips_them(tmp_path, log):
 
 def test_diverged_point_is_recorded_and_not_rerun(tmp_path, log, monkeypatch):
     monkeypatch.setenv("FAKE_DIVERGE_LR", "0.7")
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(5, 2))  # λ = 0.8 diverges
+    spec = make_grid("lr-wd", "tiny", steps=(5, 2))  # λ = 0.8 diverges
     rep = sweep.run_sweep(spec, tmp_path / "j.journal", objective=FAKE, progress=False)
     assert rep.diverged == 2 and rep.complete == 10
     study = st.open_study("lr-wd-tiny", tmp_path / "j.journal", create=False)
@@ -151,7 +153,7 @@ def test_diverged_point_is_recorded_and_not_rerun(tmp_path, log, monkeypatch):
 
 def test_failed_points_are_recorded_then_retried(tmp_path, log, monkeypatch):
     monkeypatch.setenv("FAKE_FAIL_DIR", str(tmp_path))
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(2, 2))
+    spec = make_grid("lr-wd", "tiny", steps=(2, 2))
     rep = sweep.run_sweep(spec, tmp_path / "j.journal", objective=FAKE, progress=False)
     assert rep.ran["failed"] == 4 and rep.complete == 0
     study = st.open_study("lr-wd-tiny", tmp_path / "j.journal", create=False)
@@ -197,7 +199,7 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_points(tmp_path, log, m
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     after = _study(journal)
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(4, 3))
+    spec = make_grid("lr-wd", "tiny", steps=(4, 3))
     _assert_each_point_once(after, spec)
     assert not after.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     for n in running:  # the run in flight is failed as interrupted, and run again
@@ -213,7 +215,7 @@ def _study(journal):
 
 def test_two_workers_share_a_study_without_duplicates(tmp_path, log, monkeypatch):
     monkeypatch.setenv("FAKE_SLEEP", "0.3")  # long enough that both workers get points
-    spec = sweep.make_grid("lr-wd", "tiny", steps=(4, 3))
+    spec = make_grid("lr-wd", "tiny", steps=(4, 3))
     rep = sweep.run_sweep(spec, tmp_path / "j.journal", objective=FAKE, workers=2,
                           progress=False)
     assert rep.complete == 12 and rep.ran["done"] == 12
@@ -223,14 +225,14 @@ def test_two_workers_share_a_study_without_duplicates(tmp_path, log, monkeypatch
 
 
 def test_unpicklable_objective_with_workers_is_an_error(tmp_path):
-    spec = sweep.make_grid("lr-wd", "tiny", steps=2)
+    spec = make_grid("lr-wd", "tiny", steps=2)
     with pytest.raises(RidgelineError, match="module-level"):
         sweep.run_sweep(spec, tmp_path / "j.journal", objective=lambda hp, p, s: 0.5,
                         workers=2, progress=False)
 
 
 def test_bad_objective_reference_is_one_line(tmp_path):
-    spec = sweep.make_grid("lr-wd", "tiny", steps=2)
+    spec = make_grid("lr-wd", "tiny", steps=2)
     with pytest.raises(RidgelineError, match="module:function"):
         sweep.run_sweep(spec, tmp_path / "j.journal", objective="nope.nothing:here",
                         progress=False)
@@ -240,8 +242,8 @@ def test_default_objective_trains_the_tiny_preset(tmp_path):
     from tests.synthetic import fake_cifar
 
     base = HParams(lr=0.2, batch_size=64, epochs=1, warmup_epochs=0.5)
-    spec = sweep.make_grid("lr-wd", "tiny", base=base, steps=(2, 1))
-    objective = sweep.TrainObjective(device="cpu", precision="fp32", data=fake_cifar())
+    spec = make_grid("lr-wd", "tiny", base=base, steps=(2, 1))
+    objective = TrainObjective(device="cpu", precision="fp32", data=fake_cifar())
     rep = sweep.run_sweep(spec, tmp_path / "j.journal", objective=objective, progress=False)
     assert rep.complete == 2
     t = _study(tmp_path / "j.journal").trials[0]

@@ -116,7 +116,7 @@ def test_a_failing_run_stops_the_tune_in_one_line(env, monkeypatch, capsys):
 
 
 def test_tune_preset_trains_and_records_the_run_result():
-    from ridgeline.sweep import TrainObjective
+    from ridgeline.objectives import TrainObjective
     from tests.synthetic import fake_cifar
 
     study = optuna.create_study(direction="maximize")

@@ -6,13 +6,14 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
 from ridgeline import study as st
 from ridgeline.hparams import HParams
-from ridgeline.sweep import as_result
+from ridgeline.objectives import as_result
 
 PATH = Path(__file__).parents[1] / "benchmarks" / "tuner_tabular.py"
 spec = importlib.util.spec_from_file_location("tuner_tabular", PATH)
@@ -103,3 +104,39 @@ def test_main_writes_json_and_figure(storage, tmp_path, monkeypatch):
     assert report["config"]["cd_min_improvement_pp"] == pytest.approx(0.1 * math.sqrt(2))
     assert set(report["results"]) == {"sensible"}
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_starts_lie_in_the_grid(table):
+    starts = tab.grid_starts(table, tab.get_preset("cpu-mini"))
+    assert list(starts) == ["bad", "paper, clamped", "sensible"]
+    worst = 85 - 1.5 * 6**2 - 0.2 - 0.2 * 3**2  # x_u = −6 at the λ, α floor and 1−ρ ceiling
+    assert table.mean(table.index(starts["bad"])) == pytest.approx(worst)
+    # Page's λ=0.001, ρ=0.5, α=0.01 is below the grid in λ and above it in 1−ρ and α: the
+    # corner cell λ=0.05, 1−ρ=0.2, α=2e-3.
+    assert table.index(starts["paper, clamped"]) == (0, 2, 4)
+    assert starts["paper, clamped"]["lr"] == pytest.approx(0.05)
+    assert table.index(starts["sensible"]) == table.index(CENTRE)
+
+
+def test_added_noise_is_fixed_per_point_for_cd_and_moves_the_threshold(storage, tmp_path,
+                                                                       monkeypatch):
+    noisy = tab.load_table(storage, ["grid3-cpu-mini"], "cpu-mini")
+    noisy.added_noise = 1.0
+    objective = tab.cd_objective(noisy, rep=0)
+    values = [objective(CENTRE, 0), objective(CENTRE, 0), objective(CENTRE, 1)]
+    assert values[0] == values[1]  # the same (point, seed) gives the same value
+    assert values[0] != values[2]
+    assert abs(values[0] - noisy.mean(noisy.index(CENTRE))) < 5  # around the cell's value
+    others = [tab.cd_objective(noisy, rep=r)(CENTRE, 0) for r in range(40)]
+    clean = [tab.cd_objective(tab.load_table(storage, ["grid3-cpu-mini"], "cpu-mini"),
+                              rep=r)(CENTRE, 0) for r in range(40)]
+    residual = np.array(others) - np.array(clean)
+    assert 0.6 < residual.std() < 1.5  # N(0, 1) on top of the seed's value
+
+    monkeypatch.setattr(tab.st, "open_storage", lambda ref=None: storage)
+    out_json = tmp_path / "t.json"
+    tab.main(["--reps", "1", "--cap", "10", "--add-noise", "0.5", "--out-json", str(out_json),
+              "--out-png", str(tmp_path / "t.png")])
+    config = json.loads(out_json.read_text())["config"]
+    assert config["added_noise_pp"] == 0.5
+    assert config["noise_std_pp"] == pytest.approx(math.hypot(0.2 * math.sqrt(2), 0.5))

@@ -108,10 +108,12 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from ridgeline import sweep
+    from ridgeline.grid import make_grid
+    from ridgeline.objectives import TrainObjective
 
     preset, hp = hparams_from_args(args)
-    spec = sweep.make_grid(args.slice, preset.name, hp, tuple(args.steps),
-                           None if args.span is None else tuple(args.span), args.seeds)
+    spec = make_grid(args.slice, preset.name, hp, tuple(args.steps),
+                     None if args.span is None else tuple(args.span), args.seeds)
     n_points = len(spec.values[0]) * len(spec.values[1]) * len(spec.seeds)
     print(f"{spec.slice_name} on {preset.name}: {n_points} runs "
           f"({len(spec.values[0])} x {len(spec.values[1])} x {len(spec.seeds)} seeds)")
@@ -122,8 +124,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     objective = args.objective
     if objective is None:  # load now: missing data fails here, before any worker starts
         on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node
-        objective = sweep.TrainObjective(args.data, args.download, args.device, args.precision,
-                                         data=None if on_ray else load_data(args))
+        objective = TrainObjective(args.data, args.download, args.device, args.precision,
+                                   data=None if on_ray else load_data(args))
     report = sweep.run_sweep(spec, args.storage, args.study, objective, args.workers,
                              progress=not args.quiet, stale_after=args.stale_after,
                              executor=args.executor, ray_address=args.ray_address)
@@ -155,7 +157,8 @@ TUNED = ("lr", "momentum", "weight_decay")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from ridgeline import sweep, tune, tuner_report
+    from ridgeline import tune, tuner_report
+    from ridgeline.objectives import TrainObjective
 
     if args.coords and args.invariant:
         raise RidgelineError("--coords and --invariant exclude each other: give one")
@@ -172,8 +175,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     objective = args.objective
     if objective is None:  # load now: missing data fails here, before any worker starts
         on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node
-        objective = sweep.TrainObjective(args.data, args.download, args.device, args.precision,
-                                         data=None if on_ray else load_data(args))
+        objective = TrainObjective(args.data, args.download, args.device, args.precision,
+                                   data=None if on_ray else load_data(args))
     result = tune.tune_preset(
         preset, start, args.storage, name, objective=objective, system=system,
         line_search=args.line_search, min_improvement=args.min_improvement,
@@ -200,8 +203,9 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from ridgeline import report, reproduce, sweep
+    from ridgeline import report, reproduce
     from ridgeline import study as st
+    from ridgeline.objectives import TrainObjective
 
     preset = get_preset(args.preset)
     out = args.out or f"reproduce-{preset.name}"
@@ -218,7 +222,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node
     # Load now: missing data fails here, before any run. The experiments train in-process.
     data = load_data(args) if plan.diagnostics or not (args.objective or on_ray) else None
-    objective = args.objective or sweep.TrainObjective(
+    objective = args.objective or TrainObjective(
         args.data, args.download, args.device, args.precision, data=None if on_ray else data)
     opts = reproduce.Options(objective, data, args.device, args.precision, args.executor,
                              args.workers, args.ray_address, not args.quiet)

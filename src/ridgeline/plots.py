@@ -27,8 +27,8 @@ from optuna.trial import TrialState
 
 from ridgeline import study as st
 from ridgeline.errors import RidgelineError
+from ridgeline.grid import SPEC_ATTR, GridSpec
 from ridgeline.presets import SYMBOLS
-from ridgeline.sweep import SPEC_ATTR, GridSpec
 
 # name → (symbol of the ridge coordinate, transform, axis label): theory slope +1 against it.
 RIDGE_COORD = {

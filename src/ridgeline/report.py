@@ -28,8 +28,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ridgeline import experiments, plots, reproduce, sweep, tune, tuner_report
+from ridgeline import experiments, plots, reproduce, tune, tuner_report
 from ridgeline import study as st
+from ridgeline.grid import SLICES
 from ridgeline.presets import Preset, get_preset
 
 NOT_RUN = "not run (budget)"
@@ -251,7 +252,7 @@ def landscapes_section(ctx: Context, doc: Doc) -> None:
                  "weighted fit with a 95% confidence interval (see docs/landscapes.md).")
     grids = ctx.plan.grids() if ctx.plan else {}
     rows, figures, fits = [], [], {}
-    for name in sweep.SLICES:
+    for name in SLICES:
         row, grid, fit = _landscape(ctx, name, grids.get(name))
         rows.append(row)
         fits[name] = None if fit is None else fit.to_dict() | {"agrees": row[5]}
@@ -267,7 +268,7 @@ def landscapes_section(ctx: Context, doc: Doc) -> None:
 
 def _landscape(ctx: Context, name: str, spec):
     """(table row, grid or None, fit or None) of one slice."""
-    axis = sweep.SLICES[name][1]
+    axis = SLICES[name][1]
     theory = f"λ ∝ {plots.RIDGE_COORD[axis][0]}"
     if spec is None:
         return [name, theory, NOT_RUN, "", "", "", "", ""], None, None
@@ -425,7 +426,7 @@ def resources_section(ctx: Context, doc: Doc) -> None:
 
 def _sections(ctx: Context) -> dict[str, list[str]]:
     p = ctx.preset.name
-    return {"landscapes": [f"{name}-{p}" for name in sweep.SLICES],
+    return {"landscapes": [f"{name}-{p}" for name in SLICES],
             "tuner": [tune.default_study_name(p, s) for s in reproduce.STARTS],
             "diagnostics": [experiments.study_name(p)]}
 

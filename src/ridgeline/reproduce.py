@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from ridgeline import experiments, sweep, tune, tuner_report
 from ridgeline import study as st
 from ridgeline.errors import RidgelineError
+from ridgeline.grid import SLICES, GridSpec, make_grid
 from ridgeline.presets import get_preset
 
 # Seconds per run when the storage has no finished run of the preset to measure (paper: Page's
@@ -123,7 +124,7 @@ class Plan:
 
     @property
     def slice_runs(self) -> int:
-        return len(sweep.SLICES) * self.steps[0] * self.steps[1] * self.seeds
+        return len(SLICES) * self.steps[0] * self.steps[1] * self.seeds
 
     @property
     def diagnostics_cost(self) -> float:
@@ -137,9 +138,9 @@ class Plan:
         """Runs at most (the tuner may stop early)."""
         return self.slice_runs + sum(self.tune) + self.diagnostics_cost
 
-    def grids(self) -> dict[str, sweep.GridSpec]:
-        return {name: sweep.make_grid(name, self.preset, None, self.steps, None, self.seeds)
-                for name in sweep.SLICES}
+    def grids(self) -> dict[str, GridSpec]:
+        return {name: make_grid(name, self.preset, None, self.steps, None, self.seeds)
+                for name in SLICES}
 
     def tune_evals(self) -> dict[str, int]:
         return dict(zip(STARTS, self.tune, strict=True))
@@ -150,7 +151,7 @@ class Plan:
         seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
         tuner = (f"bad start ≤ {self.tune[0]} runs, sensible start ≤ {self.tune[1]} runs"
                  if any(self.tune) else "not run (budget)")
-        rows = [("landscapes", f"{', '.join(sweep.SLICES)}: {a} λ × {b} values, {seeds}",
+        rows = [("landscapes", f"{', '.join(SLICES)}: {a} λ × {b} values, {seeds}",
                  self.slice_runs),
                 ("tuner", tuner, sum(self.tune)),
                 ("diagnostics", self._describe_diagnostics(), self.diagnostics_cost),
@@ -198,7 +199,7 @@ def make_plan(preset: str, budget: Budget, run_seconds: float, cost_source: str)
         least = rungs[0]
         raise RidgelineError(
             f"--budget {budget.text} ({limit:.3g} runs at {run_seconds:.3g} s/run) is below "
-            f"the smallest plan, {least.cost:g} runs ({len(sweep.SLICES)} landscapes of "
+            f"the smallest plan, {least.cost:g} runs ({len(SLICES)} landscapes of "
             f"{least.steps[0]}×{least.steps[1]}, 1 seed): give at least {least.cost:g} runs "
             f"or {_duration(least.cost * run_seconds)}")
     fitting[-1].grids()  # a grid this preset cannot hold fails here, before anything runs
@@ -270,7 +271,7 @@ def plan_for(preset: str, budget: Budget, storage=None) -> Plan:
 class Options:
     """How runs are made: passed through to sweeps and tunes (diagnostics run in-process)."""
 
-    objective: object = None  # sweep-style objective (None: sweep.TrainObjective())
+    objective: object = None  # sweep-style objective (None: TrainObjective())
     data: object = None  # Cifar10 or a loader, for the diagnostics (None: load_cifar10())
     device: str = "auto"
     precision: str = "auto"

@@ -17,8 +17,8 @@ from ridgeline.descent import LINE_SEARCHES, Objective, Run, TuneResult, tune
 from ridgeline.errors import RidgelineError, TuneError
 from ridgeline.hparams import HParams
 from ridgeline.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
+from ridgeline.objectives import TrainObjective, as_result, resolve_objective
 from ridgeline.presets import Preset, get_preset
-from ridgeline.sweep import TrainObjective, as_result, resolve_objective
 
 __all__ = ["LINE_SEARCHES", "NOISE_FRACTION", "STARTS", "Objective", "PresetObjective", "Run",
            "TuneError", "TuneResult", "coordinate_system", "default_study_name", "start_point",

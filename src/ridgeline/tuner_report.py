@@ -24,7 +24,7 @@ import numpy as np
 
 from ridgeline import plots
 from ridgeline import study as st
-from ridgeline.sweep import SPEC_ATTR, GridSpec
+from ridgeline.grid import SPEC_ATTR, GridSpec
 from ridgeline.tune import Run, TuneResult
 
 U = "lr*weight_decay/(1-momentum)"

@@ -1,0 +1,78 @@
+"""What a sweep or tune point runs: ``objective(hparams, preset_name, seed)``.
+
+It returns a RunResult (or its dict), a float test accuracy, or None for a diverged run. Worker
+processes are spawned (or are Ray tasks), so pass either a module-level callable or a
+``"module:function"`` string; the default, ``TrainObjective``, trains ResNet-9.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ridgeline import study as st
+from ridgeline.errors import RidgelineError
+from ridgeline.hparams import HParams
+
+
+@dataclass
+class TrainObjective:
+    """The default objective: ridgeline.train.train, with CIFAR-10 loaded once per process."""
+
+    data_root: str | None = None
+    download: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None  # torch threads per worker, so N workers share the cores
+    data: object = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "data": None}  # workers load their own copy
+
+    def __call__(self, hparams: HParams, preset: str, seed: int):
+        import torch
+
+        from ridgeline.train import train
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.data is None:
+            from ridgeline.data import load_cifar10
+
+            self.data = load_cifar10(self.data_root, download=self.download)
+        return train(hparams, preset, seed=seed, device=self.device, data=self.data,
+                     precision=self.precision)
+
+
+def resolve_objective(objective) -> Callable:
+    """None → TrainObjective(); "pkg.module:function" → that function; callables as they are."""
+    if objective is None:
+        return TrainObjective()
+    if callable(objective):
+        return objective
+    module, _, name = str(objective).partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise RidgelineError(f"cannot load objective {objective!r} (want module:function): "
+                             f"{e}") from None
+    if not callable(fn):
+        raise RidgelineError(f"objective {objective!r} is not callable")
+    return fn
+
+
+def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
+    """An objective's return value as a RunResult dict (floats/None get the bookkeeping)."""
+    if out is not None and not isinstance(out, (int, float)):
+        return st.result_dict(out)
+    diverged = out is None or not math.isfinite(out)
+    from ridgeline.train import versions  # lazy: torch loads only where runs are recorded
+
+    return {"test_acc": None if diverged else float(out), "train_loss": None,
+            "diverged": diverged, "epochs": [], "wall_time": seconds, "train_time": seconds,
+            "images_per_sec": 0.0, "hparams": hp.to_dict(), "preset": preset, "seed": seed,
+            "device": "n/a", "precision": "n/a", "extras": {}, "versions": versions()}
+
+
