@@ -214,7 +214,7 @@ def figure(results: dict, path: Path, title: str, starts: dict = STARTS, cap: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(9 * len(results), 6), sharey=True,
+    fig, axes = plt.subplots(1, len(results), figsize=(max(9, 7 * len(results)), 6), sharey=True,
                              squeeze=False)
     axes = axes[0]
     rng = np.random.default_rng(0)
@@ -233,7 +233,9 @@ def figure(results: dict, path: Path, title: str, starts: dict = STARTS, cap: in
                             xytext=(7, -3), fontsize=8, color="red")
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names], fontsize=7)
-        ax.set_title(f"{start} start: {starts[start]}", fontsize=9)
+        where = ", ".join(f"{sym}={starts[start][k]:.3g}" for k, sym in
+                          (("lr", "λ"), ("momentum", "ρ"), ("weight_decay", "α")))
+        ax.set_title(f"{start} start: {where}", fontsize=9)
         ax.axhline(cap, color="grey", lw=0.5, ls=":")
     axes[0].set_ylabel(f"runs to within {target} pp of the optimum")
     fig.suptitle(f"{title}, {len(runs)} repetitions; red x: number of repetitions that "

@@ -244,8 +244,8 @@ def grid_starts(table: Table, preset) -> dict:
 
 def _cell_params(table: Table, idx: tuple[int, ...], preset) -> dict:
     logs = [c[i] for c, i in zip(table.logs, idx, strict=True)]
-    return preset.hparams.replace(lr=2 ** logs[0], momentum=1 - 2 ** logs[1],
-                                  weight_decay=2 ** logs[2]).to_dict()
+    return preset.hparams.replace(lr=float(2 ** logs[0]), momentum=float(1 - 2 ** logs[1]),
+                                  weight_decay=float(2 ** logs[2])).to_dict()
 
 
 def run_all(table: Table, starts: dict, threshold: float, reps: int, cap: int) -> dict:
