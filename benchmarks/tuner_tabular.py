@@ -10,8 +10,8 @@ powers of 2 around cpu-mini's values holds both starts (docs/tuner.md):
         --weight-decay 0.001 --steps 12 9 --seeds 2 --study grid3-cpu-mini
     done
 
-Slices. With the 3-D grid out of reach (756 cells, about 14 h with 2 workers on the 2-core CPU
-of docs/tuner.md), the landscape sweeps themselves serve as 2-D tables: a slice has a single
+Measured (docs/tuner.md): a 6 × 5 × 5 table, the lr-wd slice at five momenta; the full grid above
+(756 cells) did not fit. Slices. The landscape sweeps themselves also serve as 2-D tables: a slice has a single
 value on its third axis, so every probe that moves that axis leaves the box and is never run.
 The paper's bad start lies outside these slices; ``--starts grid`` uses the slice's worst
 finished cell as the bad start and the preset's defaults, snapped to a cell, as the sensible one:
