@@ -11,10 +11,11 @@ powers of 2 around cpu-mini's values holds both starts (docs/tuner.md):
     done
 
 Measured (docs/tuner.md): a 6 × 5 × 5 table, the lr-wd slice at five momenta; the full grid above
-(756 cells) did not fit. Slices. The landscape sweeps themselves also serve as 2-D tables: a slice has a single
-value on its third axis, so every probe that moves that axis leaves the box and is never run.
-The paper's bad start lies outside these slices; ``--starts grid`` uses the slice's worst
-finished cell as the bad start and the preset's defaults, snapped to a cell, as the sensible one:
+(756 cells) did not fit. Slices. The landscape sweeps themselves also serve as 2-D tables: a slice
+has a single value on its third axis, so every probe that moves that axis leaves the box and is
+never run. The paper's bad start lies outside these slices; ``--starts grid`` uses the slice's
+worst finished cell as the bad start and the preset's defaults, snapped to a cell, as the sensible
+one:
 
     python benchmarks/tuner_tabular.py --storage benchmarks/results/landscapes/ridgeline.journal \
         --study lr-wd-cpu-mini --starts grid --out-json .../tuner_tabular_lr-wd.json ...
