@@ -99,14 +99,12 @@ class Table:
 
     def index(self, p: dict) -> tuple[int, ...] | None:
         """The nearest cell, or None more than half a step outside the grid."""
-        out = []
-        for centres, value in zip(self.logs, _box_logs(p), strict=True):
+        idx = self.clamp(p)
+        for centres, i, value in zip(self.logs, idx, _box_logs(p), strict=True):
             step = centres[1] - centres[0] if len(centres) > 1 else 1.0
-            i = int(np.argmin(np.abs(centres - value)))
             if abs(centres[i] - value) > step / 2 + TOL:
                 return None
-            out.append(i)
-        return tuple(out)
+        return idx
 
     def clamp(self, p: dict) -> tuple[int, ...]:
         """The nearest cell, however far outside the grid ``p`` is."""
@@ -153,7 +151,7 @@ def load_table(storage, studies: list[str], preset: str) -> Table:
             result = st.trial_to_result(t)
             if result is not None and result.preset == preset:
                 acc = None if result.diverged else 100 * result.test_acc
-                runs.append((_box_logs(result.hparams), acc))
+                runs.append((result.hparams, acc))
                 fixed.add(tuple(result.hparams.get(k) for k in
                                 ("batch_size", "epochs", "warmup_epochs")))
     if not runs:
@@ -161,11 +159,10 @@ def load_table(storage, studies: list[str], preset: str) -> Table:
     if len(fixed) > 1:  # e.g. an lr-batch slice: the tuner does not move N, so no table
         raise SystemExit(f"the runs in {studies} differ in batch_size/epochs/warmup_epochs "
                          f"({sorted(fixed)}): the table's axes are λ, 1−ρ and α only")
-    logs = tuple(_axis([r[0][i] for r in runs], AXES[i]) for i in range(len(AXES)))
-    table = Table(logs)
-    for point, acc in runs:
-        idx = tuple(int(np.argmin(np.abs(c - v))) for c, v in zip(logs, point, strict=True))
-        table.cells.setdefault(idx, []).append(acc)
+    points = [_box_logs(hp) for hp, _ in runs]
+    table = Table(tuple(_axis([p[i] for p in points], AXES[i]) for i in range(len(AXES))))
+    for hp, acc in runs:
+        table.cells.setdefault(table.clamp(hp), []).append(acc)
     return table
 
 
@@ -277,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
                              "that miss the paper's start)")
     parser.add_argument("--add-noise", type=float, default=0.0, metavar="PP",
                         help="add N(0, PP) to every lookup, drawn per repetition (a one-seed "
-                             "table is otherwise noiseless); 'seed' noise in pp, e.g. 0.33")
+                             "table is otherwise noiseless), e.g. 0.33: cpu-mini's seed std")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--cap", type=int, default=CAP)
     parser.add_argument("--out-json", type=Path, default=OUT_JSON)
