@@ -13,9 +13,9 @@ import json
 import statistics
 from pathlib import Path
 
-from ridgeline.data import load_cifar10
+from ridgeline.cifar.data import load_cifar10
+from ridgeline.cifar.train import train
 from ridgeline.presets import get_preset
-from ridgeline.train import train
 
 OUT = Path(__file__).parent / "results" / "cpu_mini"
 DOC = Path(__file__).parents[1] / "docs"

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ridgeline.data import load_cifar10
-from ridgeline.diagnostics import conv_weights, symmetric_param_groups
+from ridgeline.cifar.data import load_cifar10
+from ridgeline.cifar.train import train, versions
 from ridgeline.presets import get_preset
-from ridgeline.train import train, versions
+from ridgeline.science.diagnostics import conv_weights, symmetric_param_groups
 
 OUT = Path(__file__).parent / "results" / "lr_wd_groups.json"
 K = 4.0  # λ×K, α÷K on the moved group

@@ -34,11 +34,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ridgeline import study as st
-from ridgeline import sweep
-from ridgeline.grid import make_grid
 from ridgeline.hparams import HParams
+from ridgeline.landscape import sweep
+from ridgeline.landscape.grid import make_grid
 from ridgeline.presets import get_preset
+from ridgeline.runs import ledger as st
 
 OUT = Path(__file__).parent / "results" / "scaling.json"
 _DATA = None  # each worker process builds its synthetic set once
@@ -49,7 +49,7 @@ def synthetic_cifar(n_train: int, n_test: int = 1000, seed: int = 0):
     learn, with no dataset files (the timing is the point, not the accuracy)."""
     import torch
 
-    from ridgeline.data import Cifar10
+    from ridgeline.cifar.data import Cifar10
 
     g = torch.Generator().manual_seed(seed)
 
@@ -65,13 +65,13 @@ def synthetic_cifar(n_train: int, n_test: int = 1000, seed: int = 0):
 
 @dataclass
 class SyntheticTrain:
-    """The sweep objective: ridgeline.train.train on synthetic data, on the CPU."""
+    """The sweep objective: ridgeline.cifar.train.train on synthetic data, on the CPU."""
 
     n_train: int
 
     def __call__(self, hp: HParams, preset: str, seed: int):
         global _DATA
-        from ridgeline.train import train
+        from ridgeline.cifar.train import train
 
         if _DATA is None:
             _DATA = synthetic_cifar(self.n_train)

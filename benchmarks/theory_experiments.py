@@ -4,7 +4,7 @@ Experiments (docs/theory.md explains what each one tests and why):
 
 - overhead: train a short run with and without WeightNormHook; the hook must cost <= 5%.
 - a (symmetry), b (λα fixed), c (λ/(1−ρ) fixed): the flatness experiments of
-  ``ridgeline.experiments`` (described there), which ``ridgeline reproduce`` runs too. This
+  ``ridgeline.science.experiments`` (described there), which ``ridgeline reproduce`` runs too. This
   script runs them in one process (a MemoryCache: (b) and (c) share the preset's own runs).
 
     python benchmarks/theory_experiments.py --preset cpu-mini --seeds 3      # real run
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ridgeline import experiments
-from ridgeline.diagnostics import HOOK_NAME, WeightNormHook
+from ridgeline.cifar.train import train, versions
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
-from ridgeline.train import train, versions
+from ridgeline.science import experiments
+from ridgeline.science.diagnostics import HOOK_NAME, WeightNormHook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,10 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load(args, preset: Preset):
     if not args.synthetic:
-        from ridgeline.data import load_cifar10
+        from ridgeline.cifar.data import load_cifar10
 
         return load_cifar10(args.data)
-    from ridgeline.data import Cifar10
+    from ridgeline.cifar.data import Cifar10
 
     g = torch.Generator().manual_seed(0)
 

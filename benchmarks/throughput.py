@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ridgeline import augment
-from ridgeline.data import load_cifar10
-from ridgeline.model import ResNet9, flops_per_image
+from ridgeline.cifar import augment
+from ridgeline.cifar.data import load_cifar10
+from ridgeline.cifar.model import ResNet9, flops_per_image
+from ridgeline.cifar.train import make_optimizer, normalise, train, versions
 from ridgeline.presets import get_preset
-from ridgeline.train import make_optimizer, normalise, train, versions
 
 OUT = Path(__file__).parent / "results" / "throughput.json"
 

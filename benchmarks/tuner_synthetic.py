@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from ridgeline.invariants import paper_system, raw_system
-from ridgeline.tune import tune
+from ridgeline.tuner.invariants import paper_system, raw_system
+from ridgeline.tuner.tune import tune
 
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_synthetic.json"

@@ -20,7 +20,7 @@ one:
     python benchmarks/tuner_tabular.py --storage benchmarks/results/landscapes/ridgeline.journal \
         --study lr-wd-cpu-mini --starts grid --out-json .../tuner_tabular_lr-wd.json ...
 
-This script runs no training: it reads the trials through ridgeline.study.trial_to_result, so
+This script runs no training: it reads the trials through ridgeline.runs.ledger.trial_to_result, so
 any study whose trials carry RunResult attrs (sweeps, tunes) can contribute. A cell keeps the
 test accuracy of each of its seeds (None for a diverged seed).
 
@@ -67,11 +67,11 @@ sys.path.insert(0, str(Path(__file__).parent))  # the synthetic benchmark's shar
 
 from tuner_synthetic import ask_tell, figure, summarise, versions  # noqa: E402
 
-from ridgeline import study as st  # noqa: E402
 from ridgeline.errors import RidgelineError  # noqa: E402
-from ridgeline.invariants import paper_system, raw_system  # noqa: E402
 from ridgeline.presets import get_preset  # noqa: E402
-from ridgeline.tune import NOISE_FRACTION, STARTS, tune  # noqa: E402
+from ridgeline.runs import ledger as st  # noqa: E402
+from ridgeline.tuner.invariants import paper_system, raw_system  # noqa: E402
+from ridgeline.tuner.tune import NOISE_FRACTION, STARTS, tune  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_tabular.json"

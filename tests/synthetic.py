@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ridgeline.data import Cifar10
+from ridgeline.cifar.data import Cifar10
 
 
 def fake_cifar(n_train: int = 320, n_test: int = 100, seed: int = 0) -> Cifar10:

@@ -1,6 +1,6 @@
 import torch
 
-from ridgeline import augment
+from ridgeline.cifar import augment
 
 
 def _gen(seed=0):

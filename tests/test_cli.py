@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-import ridgeline.data as D
+import ridgeline.cifar.data as D
 from ridgeline.cli import main
 from tests.test_data import make_fake_cifar
 

@@ -1,4 +1,4 @@
-"""Tests for ridgeline.data on a tiny CIFAR-10 built in the official format; no network beyond
+"""Tests for ridgeline.cifar.data on a tiny CIFAR-10 built in the official format; no network beyond
 a loopback HTTP server started here."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ridgeline import data as D
+from ridgeline.cifar import data as D
 from ridgeline.errors import DataError
 
 LABEL_NAMES = b"airplane automobile bird cat deer dog frog horse ship truck".split()

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from ridgeline import cli, diagnostics
-from ridgeline.diagnostics import WeightNormHook, angle_between
+from ridgeline import cli
+from ridgeline.cifar.model import ResNet9, scale_invariant_convs
+from ridgeline.cifar.train import RunResult, train
 from ridgeline.errors import RidgelineError
-from ridgeline.model import ResNet9, scale_invariant_convs
 from ridgeline.presets import get_preset
-from ridgeline.train import RunResult, train
+from ridgeline.science import diagnostics
+from ridgeline.science.diagnostics import WeightNormHook, angle_between
 from tests.synthetic import fake_cifar
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from ridgeline import executors, sweep
-from ridgeline import study as st
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
-from ridgeline.grid import make_grid
 from ridgeline.hparams import HParams
+from ridgeline.landscape import sweep
+from ridgeline.landscape.grid import make_grid
+from ridgeline.runs import executors
+from ridgeline.runs import ledger as st
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW = "tests.test_executors:slow_objective"
@@ -341,7 +342,8 @@ def _wait_gone(pids: set[int], timeout: float) -> None:
 
 PROBE = """
 import json, os, subprocess, sys
-from ridgeline import executors, study as st
+from ridgeline.runs import executors
+from ridgeline.runs import ledger as st
 ex = executors.RayExecutor(1, sys.argv[1])
 node = ex.ray.get_runtime_context().get_node_id()
 dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -1,4 +1,4 @@
-"""benchmarks/theory_experiments.py, now a thin wrapper over ridgeline.experiments."""
+"""benchmarks/theory_experiments.py, now a thin wrapper over ridgeline.science.experiments."""
 
 import importlib.util
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ridgeline import experiments
 from ridgeline.errors import RidgelineError
 from ridgeline.presets import get_preset
+from ridgeline.science import experiments
 
 PATH = Path(__file__).parents[1] / "benchmarks" / "theory_experiments.py"
 spec = importlib.util.spec_from_file_location("theory_experiments", PATH)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ridgeline.errors import RidgelineError
-from ridgeline.invariants import (
+from ridgeline.tuner.invariants import (
     PAPER_SPACE,
     SGD_SPACE,
     CoordinateSystem,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ridgeline.model import ResNet9, count_params, flops_per_image, scale_invariant_convs
+from ridgeline.cifar.model import ResNet9, count_params, flops_per_image, scale_invariant_convs
 
 
 def test_width_1_has_paper_parameter_count():

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 
-from ridgeline import plots
 from ridgeline.cli import main
-from ridgeline.grid import make_grid
+from ridgeline.landscape import plots
+from ridgeline.landscape.grid import make_grid
 
 LR = 2.0 ** np.arange(-8, 8.5, 0.5)  # λ grid, half-octave steps
 X = 2.0 ** np.arange(-2, 3)  # ridge coordinate of the other hyperparameter

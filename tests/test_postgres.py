@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from ridgeline import study as st
-from ridgeline import sweep
 from ridgeline.cli import main
-from ridgeline.grid import make_grid
+from ridgeline.landscape import sweep
+from ridgeline.landscape.grid import make_grid
+from ridgeline.runs import ledger as st
 
 pytest.importorskip("psycopg2", reason="the postgres extra (psycopg2-binary) is not installed")
 

@@ -16,7 +16,9 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from ridgeline import experiments, report, reproduce
+from ridgeline.reproduce import pipeline as reproduce
+from ridgeline.reproduce import report
+from ridgeline.science import experiments
 from tests.synthetic import fake_cifar
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,11 +8,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from ridgeline import experiments, reproduce
-from ridgeline import study as st
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
 from ridgeline.presets import PRESETS
+from ridgeline.reproduce import pipeline as reproduce
+from ridgeline.runs import ledger as st
+from ridgeline.science import experiments
 from tests.synthetic import call_log, fake_cifar, log_call
 
 FAKE = "tests.test_reproduce:fake_objective"

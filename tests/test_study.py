@@ -11,14 +11,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ridgeline import study as st
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
+from ridgeline.runs import ledger as st
 
 
 def _result(diverged=False, **kw):
-    from ridgeline.train import RunResult
+    from ridgeline.cifar.train import RunResult
 
     hp = HParams(lr=0.1, batch_size=64)
     d = dict(test_acc=None if diverged else 0.91, train_loss=None if diverged else 0.3,
@@ -39,7 +39,7 @@ def _claimed_trial(study, hp=None, seed=3):
 
 
 def test_result_fields_match_runresult():
-    from ridgeline.train import RunResult
+    from ridgeline.cifar.train import RunResult
 
     assert tuple(f.name for f in dataclasses.fields(RunResult)) == st.RESULT_FIELDS
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from ridgeline import study as st
-from ridgeline import sweep
 from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
-from ridgeline.grid import GridSpec, make_grid
 from ridgeline.hparams import HParams
-from ridgeline.objectives import TrainObjective
+from ridgeline.landscape import sweep
+from ridgeline.landscape.grid import GridSpec, make_grid
+from ridgeline.runs import ledger as st
+from ridgeline.runs.objectives import TrainObjective
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = "tests.test_sweep:fake_objective"

@@ -1,4 +1,4 @@
-"""The formulas of ridgeline.theory: values, scaling relations, and a toy model that reaches the
+"""The formulas of science.theory: values, scaling relations, and a toy model that reaches the
 predicted rotational equilibrium; plus the exact scale symmetry with per-group lr/wd."""
 
 import math
@@ -11,10 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from ridgeline import theory
-from ridgeline.diagnostics import WeightNormHook, rescale_scale_invariant, symmetric_param_groups
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
+from ridgeline.science import theory
+from ridgeline.science.diagnostics import (
+    WeightNormHook,
+    rescale_scale_invariant,
+    symmetric_param_groups,
+)
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from ridgeline.cifar.train import RunResult, lr_schedule, resolve_device, train
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import get_preset
-from ridgeline.train import RunResult, lr_schedule, resolve_device, train
 from tests.synthetic import fake_cifar
 
 

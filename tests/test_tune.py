@@ -9,8 +9,8 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from ridgeline.invariants import paper_system
-from ridgeline.tune import TuneError, tune
+from ridgeline.tuner.invariants import paper_system
+from ridgeline.tuner.tune import TuneError, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -7,9 +7,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ridgeline import study as st
-from ridgeline import tune, tuner_report
 from ridgeline.cli import main
+from ridgeline.runs import ledger as st
+from ridgeline.tuner import report as tuner_report
+from ridgeline.tuner import tune
 from tests.synthetic import call_log, log_call
 
 FAKE = "tests.test_tune_cli:fake_objective"
@@ -116,7 +117,7 @@ def test_a_failing_run_stops_the_tune_in_one_line(env, monkeypatch, capsys):
 
 
 def test_tune_preset_trains_and_records_the_run_result():
-    from ridgeline.objectives import TrainObjective
+    from ridgeline.runs.objectives import TrainObjective
     from tests.synthetic import fake_cifar
 
     study = optuna.create_study(direction="maximize")

@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from ridgeline import study as st
 from ridgeline.hparams import HParams
-from ridgeline.objectives import as_result
+from ridgeline.runs import ledger as st
+from ridgeline.runs.objectives import as_result
 
 PATH = Path(__file__).parents[1] / "benchmarks" / "tuner_tabular.py"
 spec = importlib.util.spec_from_file_location("tuner_tabular", PATH)

@@ -34,7 +34,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_executor_flags(p: argparse.ArgumentParser) -> None:
-    """Where runs go (ridgeline.executors; docs/scaling.md)."""
+    """Where runs go (ridgeline.runs.executors; docs/scaling.md)."""
     p.add_argument("--executor", choices=("inprocess", "processes", "ray"),
                    help="inprocess (default), processes (local, one per GPU or a share of the "
                         "cores each) or ray (tasks on a Ray cluster)")
@@ -59,13 +59,13 @@ def hparams_from_args(args: argparse.Namespace):
 
 
 def load_data(args: argparse.Namespace):
-    from ridgeline.data import load_cifar10
+    from ridgeline.cifar.data import load_cifar10
 
     return load_cifar10(args.data, download=args.download)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ridgeline.train import train
+    from ridgeline.cifar.train import train
 
     preset, hp = hparams_from_args(args)
     result = train(hp, preset, seed=args.seed, device=args.device, data=load_data(args),
@@ -86,12 +86,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    from ridgeline import diagnostics
+    from ridgeline.science import diagnostics
 
     if args.from_json:
         diag = diagnostics.load_diagnostics(args.from_json)
     else:
-        from ridgeline.train import train
+        from ridgeline.cifar.train import train
 
         preset, hp = hparams_from_args(args)
         result = train(hp, preset, seed=args.seed, device=args.device, data=load_data(args),
@@ -107,9 +107,9 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from ridgeline import sweep
-    from ridgeline.grid import make_grid
-    from ridgeline.objectives import TrainObjective
+    from ridgeline.landscape import sweep
+    from ridgeline.landscape.grid import make_grid
+    from ridgeline.runs.objectives import TrainObjective
 
     preset, hp = hparams_from_args(args)
     spec = make_grid(args.slice, preset.name, hp, tuple(args.steps),
@@ -140,7 +140,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from ridgeline import plots
+    from ridgeline.landscape import plots
 
     results = plots.plot_all(args.storage, args.study, args.out, args.floor)
     for name, r in results.items():
@@ -157,8 +157,9 @@ TUNED = ("lr", "momentum", "weight_decay")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from ridgeline import tune, tuner_report
-    from ridgeline.objectives import TrainObjective
+    from ridgeline.runs.objectives import TrainObjective
+    from ridgeline.tuner import report as tuner_report
+    from ridgeline.tuner import tune
 
     if args.coords and args.invariant:
         raise RidgelineError("--coords and --invariant exclude each other: give one")
@@ -191,7 +192,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from ridgeline import invariants
+    from ridgeline.tuner import invariants
 
     point = {**get_preset(args.preset).hparams.to_dict(), **parse_setting(args.setting)}
     change = {k: float(getattr(args, k)) for k in invariants.PAPER_SPACE.names
@@ -203,9 +204,10 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from ridgeline import report, reproduce
-    from ridgeline import study as st
-    from ridgeline.objectives import TrainObjective
+    from ridgeline.reproduce import pipeline as reproduce
+    from ridgeline.reproduce import report
+    from ridgeline.runs import ledger as st
+    from ridgeline.runs.objectives import TrainObjective
 
     preset = get_preset(args.preset)
     out = args.out or f"reproduce-{preset.name}"

@@ -28,10 +28,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ridgeline import experiments, plots, reproduce, tune, tuner_report
-from ridgeline import study as st
-from ridgeline.grid import SLICES
+from ridgeline.landscape import plots
+from ridgeline.landscape.grid import SLICES
 from ridgeline.presets import Preset, get_preset
+from ridgeline.reproduce import pipeline as reproduce
+from ridgeline.runs import ledger as st
+from ridgeline.science import experiments
+from ridgeline.tuner import report as tuner_report
+from ridgeline.tuner import tune
 
 NOT_RUN = "not run (budget)"
 NOT_YET = "not run yet: re-run the same `ridgeline reproduce` command to finish it"

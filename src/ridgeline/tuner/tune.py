@@ -1,8 +1,8 @@
 """``ridgeline tune``: Page's tuner on a preset, from the paper's bad start or a sensible one.
 
-The algorithm is ``ridgeline.descent`` and its trials ``ridgeline.trials``; this module binds
+The algorithm is ``tuner.descent`` and its trials ``tuner.trials``; this module binds
 them to presets and training (``tune_preset``) and re-exports the engine's public names, so
-``from ridgeline.tune import tune`` is the one import a user needs.
+``from ridgeline.tuner.tune import tune`` is the one import a user needs.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ridgeline import executors
-from ridgeline import study as st
-from ridgeline.descent import LINE_SEARCHES, Objective, Run, TuneResult, tune
 from ridgeline.errors import RidgelineError, TuneError
 from ridgeline.hparams import HParams
-from ridgeline.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
-from ridgeline.objectives import TrainObjective, as_result, resolve_objective
 from ridgeline.presets import Preset, get_preset
+from ridgeline.runs import executors
+from ridgeline.runs import ledger as st
+from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
+from ridgeline.tuner.descent import LINE_SEARCHES, Objective, Run, TuneResult, tune
+from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
 
 __all__ = ["LINE_SEARCHES", "NOISE_FRACTION", "STARTS", "Objective", "PresetObjective", "Run",
            "TuneError", "TuneResult", "coordinate_system", "default_study_name", "start_point",
@@ -116,7 +116,7 @@ def tune_preset(
 
     Defaults are the measured best of docs/tuner.md: the accelerating line search and
     ``min_improvement`` = NOISE_FRACTION × the preset's noise_std. ``executor``, ``workers``
-    and ``ray_address`` place runs as for sweeps (``ridgeline.executors``); with more than
+    and ``ray_address`` place runs as for sweeps (``ridgeline.runs.executors``); with more than
     one worker the next points a line search may need are run speculatively.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset

@@ -2,7 +2,7 @@
 
 What runs, in order: the paper's three landscapes (lr-batch, lr-momentum, lr-wd sweeps), the
 tuner from Page's bad start and from the preset's sensible one, and the flatness experiments
-of ``ridgeline.experiments``; then ``ridgeline.report`` writes one report from the storage.
+of ``science.experiments``; then ``reproduce.report`` writes one report from the storage.
 
 Planning. A budget is a number of runs or a duration; a duration becomes runs at an estimated
 cost per run, measured (the median wall time of the preset's finished runs in the storage) or
@@ -33,11 +33,14 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from ridgeline import experiments, sweep, tune, tuner_report
-from ridgeline import study as st
 from ridgeline.errors import RidgelineError
-from ridgeline.grid import SLICES, GridSpec, make_grid
+from ridgeline.landscape import sweep
+from ridgeline.landscape.grid import SLICES, GridSpec, make_grid
 from ridgeline.presets import get_preset
+from ridgeline.runs import ledger as st
+from ridgeline.science import experiments
+from ridgeline.tuner import report as tuner_report
+from ridgeline.tuner import tune
 
 # Seconds per run when the storage has no finished run of the preset to measure (paper: Page's
 # 79 s on a V100; cpu-mini: docs/cpu-mini.md's ~75 s on 2 cores, rounded up).
@@ -285,7 +288,7 @@ def run(plan: Plan, storage=None, out=None, options: Options | None = None, comm
         say: Callable[[str], None] = print) -> dict:
     """Run (or resume) ``plan`` in ``storage``, then write the report to ``out``; returns how
     many runs each section made now, and the report's paths."""
-    from ridgeline import report
+    from ridgeline.reproduce import report
 
     opts = options or Options()
     storage = st.default_storage() if storage is None else storage
@@ -341,7 +344,7 @@ def run_tuner(plan: Plan, storage, opts: Options, ran: Counter, say) -> None:
 
 def diagnostics_setup(plan: Plan, opts: Options) -> experiments.Setup:
     def load():
-        from ridgeline.data import load_cifar10
+        from ridgeline.cifar.data import load_cifar10
 
         return load_cifar10()
 

@@ -1,11 +1,11 @@
 """Page's tuner: cyclic coordinate descent with doubling/halving line searches.
 
 The search walks a lattice: every point it can visit is the start multiplied by a power of two
-along each coordinate of a :class:`~ridgeline.invariants.CoordinateSystem`. Points are keyed by
+along each coordinate of a :class:`~.invariants.CoordinateSystem`. Points are keyed by
 their integer exponents and rebuilt from the start each time, so repeated ×2 and ÷2 never drift
 and holding u = λα/(1−ρ) fixed is exact in the coordinates.
 
-The search only asks for values; ``ridgeline.trials`` turns each request into an Optuna trial,
+The search only asks for values; ``ridgeline.tuner.trials`` turns each request into an Optuna trial,
 replays finished ones and runs speculative ones. The search is a deterministic function of the
 values it sees, so re-running it against the same study *replays* it, and with several workers
 its decisions, and so the result, are exactly those of the sequential search.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import optuna
 
 from ridgeline.errors import TuneError
-from ridgeline.invariants import CoordinateSystem, paper_system
-from ridgeline.trials import (
+from ridgeline.tuner.invariants import CoordinateSystem, paper_system
+from ridgeline.tuner.trials import (
     COMPLEMENT_MAX,
     LOG_RANGE,
     SEED_MAX,

@@ -12,14 +12,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ridgeline import study as st
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
+from ridgeline.runs import ledger as st
 
 
 @dataclass
 class TrainObjective:
-    """The default objective: ridgeline.train.train, with CIFAR-10 loaded once per process."""
+    """The default objective: ridgeline.cifar.train.train, with CIFAR-10 loaded once per process."""
 
     data_root: str | None = None
     download: bool = False
@@ -34,12 +34,12 @@ class TrainObjective:
     def __call__(self, hparams: HParams, preset: str, seed: int):
         import torch
 
-        from ridgeline.train import train
+        from ridgeline.cifar.train import train
 
         if self.threads:
             torch.set_num_threads(self.threads)
         if self.data is None:
-            from ridgeline.data import load_cifar10
+            from ridgeline.cifar.data import load_cifar10
 
             self.data = load_cifar10(self.data_root, download=self.download)
         return train(hparams, preset, seed=seed, device=self.device, data=self.data,
@@ -68,7 +68,7 @@ def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
     if out is not None and not isinstance(out, (int, float)):
         return st.result_dict(out)
     diverged = out is None or not math.isfinite(out)
-    from ridgeline.train import versions  # lazy: torch loads only where runs are recorded
+    from ridgeline.cifar.train import versions  # lazy: torch loads only where runs are recorded
 
     return {"test_acc": None if diverged else float(out), "train_loss": None,
             "diverged": diverged, "epochs": [], "wall_time": seconds, "train_time": seconds,

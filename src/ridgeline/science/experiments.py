@@ -34,13 +34,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ridgeline import study as st
-from ridgeline import theory
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset
+from ridgeline.runs import ledger as st
+from ridgeline.science import theory
 
-HOOK_NAME = "weight_norms"  # ridgeline.diagnostics.HOOK_NAME, without importing torch here
+HOOK_NAME = "weight_norms"  # ridgeline.science.diagnostics.HOOK_NAME, without importing torch here
 EXPERIMENTS = {"a": "symmetry", "b": "lr_wd", "c": "momentum"}  # kind -> result key
 TITLES = {"a": "(a) scale symmetry", "b": "(b) λα fixed", "c": "(c) λ/(1−ρ) fixed"}
 FIGURES = {"a": ("theory_symmetry.png",),
@@ -169,8 +169,12 @@ def grouped_train(hp: HParams, setup: Setup, seed: int, r: float, scale_eps: boo
     """train() in fp32 with the conv weights started at r×w and given λ×r², α/r² (parameter
     groups): the symmetry partner of the r=1 run. Returns the losses, the test accuracy and the
     final conv weights divided by r (comparable with the baseline's)."""
-    from ridgeline.diagnostics import conv_weights, rescale_scale_invariant, symmetric_param_groups
-    from ridgeline.train import train
+    from ridgeline.cifar.train import train
+    from ridgeline.science.diagnostics import (
+        conv_weights,
+        rescale_scale_invariant,
+        symmetric_param_groups,
+    )
 
     holder = {}
 
@@ -279,8 +283,8 @@ def plot_symmetry(curves: dict, path: Path) -> None:
 # ---------------------------------------------------------------- (b), (c) flat directions
 
 def _hooked(hp: HParams, setup: Setup, seed: int) -> dict:
-    from ridgeline.diagnostics import WeightNormHook
-    from ridgeline.train import train
+    from ridgeline.cifar.train import train
+    from ridgeline.science.diagnostics import WeightNormHook
 
     return train(hp, setup.preset, seed=seed, device=setup.device, data=setup.dataset(),
                  hooks=[WeightNormHook(setup.every)], precision=setup.precision).to_dict()
@@ -430,7 +434,7 @@ def flat(kind: str, setup: Setup, cache, figures: Path | None = None) -> dict:
         title = "(b) λα fixed: λ×k, α÷k" if kind == "b" else "(c) λ/(1−ρ) fixed, α fixed"
         plot_trajectories(runs, figures / FIGURES[kind][0], f"{title} — {setup.preset.name}")
         if kind == "b":
-            from ridgeline.diagnostics import plot_diagnostics
+            from ridgeline.science.diagnostics import plot_diagnostics
 
             plot_diagnostics(runs[ref_label][0]["extras"][HOOK_NAME], figures / FIGURES["b"][1])
     return summarise(runs, settings, ref_label)

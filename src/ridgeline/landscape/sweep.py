@@ -1,6 +1,6 @@
 """2-D log2 grids over two hyperparameters, run as enqueued Optuna trials, resumable.
 
-The grid is ``ridgeline.grid``; what each point runs is ``ridgeline.objectives``.
+The grid is ``ridgeline.landscape.grid``; what each point runs is ``ridgeline.runs.objectives``.
 
 Resumption. The coordinator (``run_sweep``) FAILs stale RUNNING trials, then enqueues every
 grid point that has no COMPLETE, WAITING or live RUNNING trial; workers claim WAITING trials one
@@ -8,7 +8,7 @@ at a time (Optuna's first-RUNNING-write-wins), so N workers never run a point tw
 sweep loses only the runs it had in flight. Points are enqueued seed-major, so a partial sweep
 already holds a whole single-seed map.
 
-Workers. Where they run is the executor's business (``ridgeline.executors``: in-process, local
+Workers. Where they run is the executor's business (``ridgeline.runs.executors``: in-process, local
 processes, Ray tasks); each worker loop opens the study from the storage reference and claims
 points itself. While they run, the coordinator fails the trials of workers that died and
 re-queues those points, so a worker killed mid-run costs one re-run, not a hole in the grid.
@@ -30,16 +30,16 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from ridgeline import executors
-from ridgeline import study as st
 from ridgeline.errors import RidgelineError
-from ridgeline.grid import (
+from ridgeline.hparams import HParams
+from ridgeline.landscape.grid import (
     SPEC_ATTR,
     GridPoint,
     GridSpec,
 )
-from ridgeline.hparams import HParams
-from ridgeline.objectives import TrainObjective, as_result, resolve_objective
+from ridgeline.runs import executors
+from ridgeline.runs import ledger as st
+from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
 
 SCAN_S = 2.0  # while workers run, the coordinator re-reads the study this often
 

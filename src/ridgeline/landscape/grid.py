@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ridgeline import study as st
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import get_preset
+from ridgeline.runs import ledger as st
 
 AXES = ("lr", "batch_size", "momentum", "weight_decay")
 SHORT = {"lr": "lr", "batch_size": "batch", "momentum": "momentum", "weight_decay": "wd"}

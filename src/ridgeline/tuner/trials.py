@@ -1,6 +1,6 @@
 """Every objective call of the tuner as an Optuna trial: run, replay, speculate, recover.
 
-``Calls`` is all the search (``ridgeline.descent``) talks to: it asks for the value of a point
+``Calls`` is all the search (``ridgeline.tuner.descent``) talks to: it asks for the value of a point
 and gets one, from a COMPLETE trial with the same (params, seed) when there is one (replay),
 from a speculative call already finished, or by running the objective now. ``TrialStore`` is
 the only code that touches the study. A killed tune therefore loses only the calls in flight:
@@ -19,9 +19,9 @@ import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ridgeline import study as st
 from ridgeline.errors import TuneError
-from ridgeline.invariants import CoordinateSystem
+from ridgeline.runs import ledger as st
+from ridgeline.tuner.invariants import CoordinateSystem
 
 Objective = Callable[[dict, int], object]  # float | None, or a RunResult (or its dict)
 

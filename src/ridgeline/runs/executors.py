@@ -4,9 +4,9 @@ An executor has one job. It starts *worker loops* (a module-level function and i
 somewhere, and says how each one ended. Each loop opens the shared study itself and pulls its
 own trials from it, so nothing about trials passes through the executor, and any number of
 loops on any number of machines can share one study. :func:`supervise` keeps ``workers``
-loops going and replaces loops that die. Sweeps use it (``ridgeline.sweep``).
+loops going and replaces loops that die. Sweeps use it (``ridgeline.landscape.sweep``).
 :meth:`Executor.futures` gives the same placement as a ``concurrent.futures.Executor``; that is
-the form the tuner takes for its speculative evaluations (``ridgeline.tune.tune(executor=)``).
+the form the tuner takes for its speculative evaluations (``ridgeline.tuner.tune.tune(executor=)``).
 
 * ``inprocess`` (default): one loop, in the calling process.
 * ``processes``: spawned local processes, one per device. With CUDA, loop i sees only GPU
@@ -42,8 +42,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ridgeline import study as st
 from ridgeline.errors import RidgelineError
+from ridgeline.runs import ledger as st
 
 EXECUTORS = ("inprocess", "processes", "ray")
 POLL_S = 0.5  # how often the coordinator looks at its workers and the study

@@ -21,7 +21,7 @@ Liveness. JournalStorage has no Optuna heartbeat, so ridgeline records the owner
 trial is *stale* when its owner on this host is gone (checked at once, by pid and start time),
 or, for an owner on another host, when its heartbeat is older than ``stale_after`` seconds.
 Only stale trials are failed and re-run, so a second sweep started beside a live one never
-steals its points. Worker loops started by an executor (ridgeline.executors) add tags to their
+steals its points. Worker loops started by an executor (ridgeline.runs.executors) add tags to their
 owner record: ``worker`` (a token the coordinator knows, so a worker it saw die marks its trials
 stale at once) and, on Ray, ``ray_node`` (so a pid on another node can be checked there). Those
 checks are passed in as a *probe*; without one, other hosts fall back to the heartbeat.
@@ -55,7 +55,7 @@ DEFAULT_STORAGE = "ridgeline.journal"
 # mid-append leaves it behind: it is broken after 5 s instead of Optuna's 30 (appends take ms).
 LOCK_GRACE_S = 5
 STORAGE_ENV = "RIDGELINE_STORAGE"
-# RunResult's fields (tests/test_study.py checks this stays equal to ridgeline.train.RunResult);
+# RunResult's fields (tests/test_study.py checks they equal cifar.train.RunResult);
 # spelt out so reading a study does not import torch.
 RESULT_FIELDS = ("test_acc", "train_loss", "diverged", "epochs", "wall_time", "train_time",
                  "images_per_sec", "hparams", "preset", "seed", "device", "precision",
@@ -244,7 +244,7 @@ def trial_to_result(trial: FrozenTrial):
     """The RunResult a COMPLETE trial recorded, or None for any other trial."""
     if trial.state != TrialState.COMPLETE or "diverged" not in trial.user_attrs:
         return None
-    from ridgeline.train import RunResult
+    from ridgeline.cifar.train import RunResult
 
     return RunResult.from_dict({f: trial.user_attrs[f] for f in RESULT_FIELDS})
 

@@ -2,7 +2,7 @@
 
 ``WeightNormHook`` is a train.TrainHook: every ``every`` steps it snapshots each scale-invariant
 conv weight before the optimiser step and compares after it, so ‖w‖, the angle ∠(wₜ, wₜ₊₁) and
-the effective learning rates can be checked against ridgeline.theory. On the other steps it
+the effective learning rates can be checked against ridgeline.science.theory. On the other steps it
 returns at once, and on logged steps it keeps the numbers on the device (no host sync), so the
 overhead stays far below the 5% budget (measured in benchmarks/theory_experiments.py).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ridgeline.cifar.model import scale_invariant_convs
 from ridgeline.errors import RidgelineError
-from ridgeline.model import scale_invariant_convs
 
 HOOK_NAME = "weight_norms"
 
@@ -142,7 +142,7 @@ def plot_diagnostics(diag: dict, path: str | Path, tol: float = 0.1) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ridgeline import theory
+    from ridgeline.science import theory
 
     steps, layers = diag["steps"], diag["layers"]
     ratios = theory.angle_ratios(diag)
@@ -215,7 +215,7 @@ def symmetric_param_groups(model: nn.Module, weight_decay: float, r: float,
 
 def report(diag: dict, plot_path: str | Path, tol: float = 0.1) -> str:
     """What ``ridgeline diagnose`` prints: the predictions, the per-phase verdicts, the figure."""
-    from ridgeline import theory
+    from ridgeline.science import theory
 
     if not diag["steps"]:
         raise RidgelineError("the log is empty: train for at least one step with --every "

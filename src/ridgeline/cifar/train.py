@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ridgeline import augment
+from ridgeline.cifar import augment
+from ridgeline.cifar.model import ResNet9
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
-from ridgeline.model import ResNet9
 from ridgeline.presets import Preset, get_preset
 
 # CIFAR-10 training-set channel statistics on a 0..255 scale (fixed, so runs on subsets or
@@ -32,7 +32,7 @@ STD = (62.993, 62.089, 66.705)
 
 
 class TrainHook(Protocol):
-    """Opt-in instrumentation (e.g. ridgeline.diagnostics). ``result()`` lands in extras[name]."""
+    """Opt-in instrumentation (e.g. science.diagnostics). ``result()`` lands in extras[name]."""
 
     name: str
 
@@ -173,7 +173,7 @@ def train(
 ) -> RunResult:
     """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
 
-    ``data`` is a ridgeline.data.Cifar10 (tests pass synthetic ones); otherwise it is loaded
+    ``data`` is a ridgeline.cifar.data.Cifar10 (tests pass synthetic ones); otherwise it is loaded
     from ``data_root`` / $RIDGELINE_DATA. A non-finite loss ends the run as diverged.
     ``setup(model)``, if given, runs on the fresh model before the optimiser is built; it may
     change the model in place and return parameter groups for :func:`make_optimizer`.
@@ -183,7 +183,7 @@ def train(
     dev = resolve_device(device)
     amp_dtype = resolve_precision(precision, dev)
     if data is None:
-        from ridgeline.data import load_cifar10
+        from ridgeline.cifar.data import load_cifar10
 
         data = load_cifar10(data_root)
     data = data.subset(preset.train_size)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ridgeline import plots
-from ridgeline import study as st
-from ridgeline.grid import SPEC_ATTR, GridSpec
-from ridgeline.tune import Run, TuneResult
+from ridgeline.landscape import plots
+from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
+from ridgeline.runs import ledger as st
+from ridgeline.tuner.tune import Run, TuneResult
 
 U = "lr*weight_decay/(1-momentum)"
 COLUMNS = ("run", "step", "lr", "momentum", "weight_decay", U, "test_acc", "diverged",

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from optuna.trial import TrialState
 
-from ridgeline import study as st
 from ridgeline.errors import RidgelineError
-from ridgeline.grid import SPEC_ATTR, GridSpec
+from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
 from ridgeline.presets import SYMBOLS
+from ridgeline.runs import ledger as st
 
 # name → (symbol of the ridge coordinate, transform, axis label): theory slope +1 against it.
 RIDGE_COORD = {

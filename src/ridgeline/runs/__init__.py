@@ -1,0 +1,1 @@
+"""Training runs as Optuna trials: the run ledger (every storage write) and where runs execute."""

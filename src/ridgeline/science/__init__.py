@@ -1,0 +1,1 @@
+"""Why the flat directions exist: formulas, instrumentation, and the experiments that test them."""

@@ -1,0 +1,1 @@
+"""The flat-direction tuner: invariant coordinates, the coordinate-descent search, its report."""
