@@ -169,7 +169,7 @@ def test_killed_worker_process_is_replaced_and_its_point_rerun(tmp_path, test_lo
     assert calls[killed[0][0]] == 2 and set(calls.values()) <= {1, 2} and len(calls) == 6
     interrupted = [t for t in study.get_trials(states=(TrialState.FAIL,))]
     assert [t.user_attrs[st.KEY_ATTR] for t in interrupted] == [killed[0][0]]
-    assert interrupted[0].system_attrs[st.OWNER_ATTR]["worker"].startswith("processes-")
+    assert interrupted[0].user_attrs[st.OWNER_ATTR]["worker"].startswith("processes-")
     threads = str(max(1, (os.cpu_count() or 1) // 2))
     assert {t for _, _, t in _calls(test_log)} == {threads}  # cores // workers each
 
@@ -279,7 +279,7 @@ def test_ray_sweep_spreads_points_over_two_workers(tmp_path, ray_cluster):
     assert sorted(Counter(k for k, _, _ in calls).values()) == [1] * 6
     assert len({p for _, p, _ in calls}) == 2  # two Ray worker processes shared the grid
     assert {t for _, _, t in calls} == {"1"}  # 2 CPUs // 2 workers each
-    owner = _study(tmp_path / "j.journal").trials[0].system_attrs[st.OWNER_ATTR]
+    owner = _study(tmp_path / "j.journal").trials[0].user_attrs[st.OWNER_ATTR]
     assert owner["worker"].startswith("ray-") and owner["ray_node"]
 
 

@@ -204,7 +204,7 @@ def test_killed_sweep_resumes_without_lost_or_duplicated_points(tmp_path, log, m
     assert not after.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     for n in running:  # the run in flight is failed as interrupted, and run again
         assert after.trials[n].state == TrialState.FAIL
-        assert after.trials[n].user_attrs[st.FAILURE_ATTR].startswith("interrupted")
+        assert st.interrupted(after.trials[n])
     calls = log()
     assert all(calls[k] == 1 for k in done_before)  # finished points never ran twice
 

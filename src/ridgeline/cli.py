@@ -206,7 +206,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from ridgeline.reproduce import pipeline as reproduce
     from ridgeline.reproduce import report
-    from ridgeline.runs import ledger as st
+    from ridgeline.runs import ledger
     from ridgeline.runs.objectives import TrainObjective
 
     preset = get_preset(args.preset)
@@ -218,7 +218,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         return
     plan = reproduce.plan_for(preset.name, reproduce.parse_budget(args.budget), args.storage)
     print(plan.describe())
-    print(f"storage {st.storage_label(args.storage or st.default_storage())}; report in {out}/")
+    label = ledger.storage_label(args.storage or ledger.default_storage())
+    print(f"storage {label}; report in {out}/")
     if args.dry_run:
         return
     on_ray = args.executor == "ray" or args.ray_address  # Ray tasks load on their node

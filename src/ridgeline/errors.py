@@ -15,3 +15,8 @@ class DataError(RidgelineError):
 
 class TuneError(RidgelineError):
     """A tune that cannot start: bad start point, bounds, order or study."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (the form every one-line error takes)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import get_preset
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 
 AXES = ("lr", "batch_size", "momentum", "weight_decay")
 SHORT = {"lr": "lr", "batch_size": "batch", "momentum": "momentum", "weight_decay": "wd"}
@@ -60,7 +60,7 @@ class GridSpec:
             for i, va in enumerate(self.values[0]):
                 for j, vb in enumerate(self.values[1]):
                     hp = self.base.replace(**{a: va, b: vb})
-                    out.append(GridPoint(hp, seed, (i, j), st.point_key(hp, self.preset, seed)))
+                    out.append(GridPoint(hp, seed, (i, j), ledger.point_key(hp, self.preset, seed)))
         return out
 
     def to_dict(self) -> dict:
@@ -160,7 +160,7 @@ def check_points(spec: GridSpec, n_train: int) -> None:
             if hp.batch_size > n_train:
                 raise RidgelineError(f"grid point batch_size={hp.batch_size} exceeds the {n_train}"
                                      f" training images of preset {spec.preset!r}: narrow the span")
-            for name, dist in st.DISTRIBUTIONS.items():
+            for name, dist in ledger.DISTRIBUTIONS.items():
                 v = getattr(hp, name, None)
                 if v is not None and not dist.low <= v <= dist.high:
                     raise RidgelineError(f"grid value {name}={v:g} is outside the recordable "

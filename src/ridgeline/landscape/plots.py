@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from ridgeline.errors import RidgelineError
 from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
 from ridgeline.presets import SYMBOLS
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 
 # name → (symbol of the ridge coordinate, transform, axis label): theory slope +1 against it.
 RIDGE_COORD = {
@@ -120,7 +120,7 @@ def load_grid(study, spec: GridSpec | None = None) -> Grid:
     where = {p.key: p.index for p in spec.points()}
     accs: dict[tuple[int, int], list] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        idx = where.get(t.user_attrs.get(st.KEY_ATTR))
+        idx = where.get(t.user_attrs.get(ledger.KEY_ATTR))
         if idx is not None:
             accs.setdefault(idx, []).append(
                 None if t.user_attrs.get("diverged") else t.user_attrs.get("test_acc"))
@@ -420,7 +420,7 @@ def plot_study(study, out_dir, floor_pp: float = 3.0) -> dict:
 
 def sweep_studies(storage) -> list[str]:
     """Names of the studies in ``storage`` that `ridgeline sweep` made."""
-    s = st.open_storage(storage)
+    s = ledger.open_storage(storage, read_only=True)
     return [f.study_name for f in s.get_all_studies() if SPEC_ATTR in f.user_attrs]
 
 
@@ -428,8 +428,8 @@ def plot_all(storage, names: list[str] | None, out_dir, floor_pp: float = 3.0) -
     """Plot each named (default: every sweep) study and write ``fits.json`` beside them."""
     names = names or sweep_studies(storage)
     if not names:
-        raise RidgelineError(f"no sweep studies in storage {st.storage_label(storage or '')!r}")
-    results = {n: plot_study(st.open_study(n, storage, create=False), out_dir, floor_pp)
+        raise RidgelineError(f"no sweep studies in storage {ledger.storage_label(storage or '')!r}")
+    results = {n: plot_study(ledger.open_study(n, storage, read_only=True), out_dir, floor_pp)
                for n in names}
     Path(out_dir, "fits.json").write_text(json.dumps(results, indent=2))
     return results

@@ -37,8 +37,7 @@ from ridgeline.landscape.grid import (
     GridPoint,
     GridSpec,
 )
-from ridgeline.runs import executors
-from ridgeline.runs import ledger as st
+from ridgeline.runs import executors, ledger
 from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
 
 SCAN_S = 2.0  # while workers run, the coordinator re-reads the study this often
@@ -46,82 +45,70 @@ SCAN_S = 2.0  # while workers run, the coordinator re-reads the study this often
 
 # ----------------------------------------------------------------------------- workers
 
-def claim_next(study: optuna.Study, keys: set[str]) -> optuna.trial.FrozenTrial | None:
-    """Claim the oldest WAITING trial of this grid that no other trial already covers."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        key = t.user_attrs.get(st.KEY_ATTR)
-        if key not in keys or not st.claim(study, t):
-            continue
-        if _covered_elsewhere(study, key, t.number):
-            st.finish_unrun(study, t._trial_id, TrialState.PRUNED, "duplicate of another trial")
-            continue
-        return t
-    return None
+def run_next(study: optuna.Study, objective: Callable, heartbeat_s: float) -> str | None:
+    """Run the study's oldest WAITING point to COMPLETE (done/diverged) or FAIL; its outcome,
+    or None when the queue was empty. An objective's own error is recorded and the sweep
+    goes on; a RidgelineError or an interrupt is recorded and stops it."""
+
+    def fn(trial: optuna.Trial) -> float | None:
+        attrs = trial.user_attrs
+        if _covered_elsewhere(study, attrs[ledger.KEY_ATTR], trial.number):
+            raise ledger.Skip("duplicate of another trial")
+        _record_params(trial)
+        hp, preset, seed = HParams(**attrs["hparams"]), attrs["preset"], attrs["seed"]
+        t0 = time.perf_counter()
+        result = as_result(objective(hp, preset, seed), hp, preset, seed,
+                           time.perf_counter() - t0)
+        for k, v in ledger.result_to_attrs(result).items():
+            trial.set_user_attr(k, v)
+        return ledger.result_value(result)
+
+    outcome, frozen = ledger.run_queued(study, fn, heartbeat_s=heartbeat_s, is_error=_is_error)
+    if frozen is None:
+        return None
+    if outcome == "failed":
+        tqdm.write(f"ridgeline: point {frozen.user_attrs[ledger.KEY_ATTR]} failed: "
+                   f"{frozen.user_attrs.get(ledger.FAILURE_ATTR)}", file=sys.stderr)
+    return outcome
+
+
+def _is_error(e: BaseException) -> bool:
+    """An objective's own failure (recorded, the sweep goes on), not a user error or Ctrl-C."""
+    return isinstance(e, Exception) and not isinstance(e, RidgelineError)
 
 
 def _covered_elsewhere(study: optuna.Study, key: str, number: int) -> bool:
     """Second line of defence against duplicates (two coordinators enqueueing at once on a
     database storage): the point is done, or an older live trial is running it."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if t.number == number or t.user_attrs.get(st.KEY_ATTR) != key:
+        if t.number == number or t.user_attrs.get(ledger.KEY_ATTR) != key:
             continue
-        if t.state == TrialState.COMPLETE or (t.number < number and not st.is_stale(t)):
+        if t.state == TrialState.COMPLETE or (t.number < number and not ledger.is_stale(t)):
             return True
     return False
 
 
-def run_point(study: optuna.Study, frozen, objective: Callable, heartbeat_s: float) -> str:
-    """Run one claimed trial to COMPLETE (done/diverged) or FAIL (error/interrupted)."""
-    attrs = frozen.user_attrs
-    hp, preset, seed = HParams(**attrs["hparams"]), attrs["preset"], attrs["seed"]
-    _record_params(optuna.Trial(study, frozen._trial_id))
-    t0, out, error = time.perf_counter(), None, None
-    with st.heartbeat(study, frozen._trial_id, heartbeat_s):
-        try:
-            out = objective(hp, preset, seed)
-        except BaseException as e:  # noqa: B036 - recorded below, then re-raised if fatal
-            error = e
-    if error is not None:
-        return _record_error(study, frozen, error)
-    result = as_result(out, hp, preset, seed, time.perf_counter() - t0)
-    if not st.record_result(study, frozen._trial_id, result):
-        return "lost"
-    return "diverged" if result["diverged"] else "done"
-
-
 def _record_params(trial: optuna.Trial) -> None:
     """Suggest each param: Optuna returns the enqueued value and records it as a param."""
-    for name, d in st.DISTRIBUTIONS.items():
+    for name, d in ledger.DISTRIBUTIONS.items():
         if isinstance(d, optuna.distributions.IntDistribution):
             trial.suggest_int(name, d.low, d.high, log=d.log)
         else:
             trial.suggest_float(name, d.low, d.high, log=d.log)
 
 
-def _record_error(study: optuna.Study, frozen, error: BaseException) -> str:
-    if isinstance(error, Exception) and not isinstance(error, RidgelineError):
-        msg = f"error: {type(error).__name__}: {error}".splitlines()[0]
-        st.finish_unrun(study, frozen._trial_id, TrialState.FAIL, msg)
-        tqdm.write(f"ridgeline: point {frozen.user_attrs[st.KEY_ATTR]} failed: {msg}",
-                   file=sys.stderr)
-        return "failed"
-    why = "interrupted" if not isinstance(error, RidgelineError) else f"error: {error}"
-    st.finish_unrun(study, frozen._trial_id, TrialState.FAIL, why)
-    raise error
-
-
 def work(study: optuna.Study, keys: set[str], objective: Callable, heartbeat_s: float = 60.0,
          on_done: Callable[[str], None] | None = None,
          should_stop: Callable[[], bool] = lambda: False) -> Counter:
-    """Claim and run points until none of this grid is waiting; outcome counts."""
+    """Run queued points until none is waiting; outcome counts. ``keys`` (the grid's points)
+    is kept for callers; every WAITING trial of a sweep study is one of its grid points."""
     counts: Counter = Counter()
-    while not should_stop():
-        frozen = claim_next(study, keys)
-        if frozen is None:
+    while not should_stop() and ledger.waiting(study):
+        outcome = run_next(study, objective, heartbeat_s)
+        if outcome is None:
             break
-        outcome = run_point(study, frozen, objective, heartbeat_s)
         counts[outcome] += 1
-        if on_done:
+        if on_done and outcome != "skipped":
             on_done(outcome)
     return counts
 
@@ -130,7 +117,7 @@ def _worker_main(storage, study_name: str, keys: set[str], objective, heartbeat_
                  stop: Callable[[], bool]) -> Counter:
     """One worker loop, wherever an executor put it: reopen the study and run points until
     none waits (or ``stop()``: its coordinator is gone)."""
-    study = st.open_study(study_name, storage, create=False)
+    study = ledger.open_study(study_name, storage, create=False)
     return work(study, keys, resolve_objective(objective), heartbeat_s, should_stop=stop)
 
 
@@ -167,7 +154,7 @@ def grid_status(study: optuna.Study, spec: GridSpec) -> dict[str, Counter]:
     keys = {p.key for p in spec.points()}
     status: dict[str, Counter] = {k: Counter() for k in keys}
     for t in study.get_trials(deepcopy=False):
-        k = t.user_attrs.get(st.KEY_ATTR)
+        k = t.user_attrs.get(ledger.KEY_ATTR)
         if k in status:
             status[k][t.state] += 1
     return status
@@ -177,9 +164,9 @@ COVERED = (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
 
 
 def enqueue_missing(study: optuna.Study, spec: GridSpec, stale_after: float,
-                    probe: st.Probe | None = None) -> tuple[int, list]:
+                    probe: ledger.Probe | None = None) -> tuple[int, list]:
     """FAIL stale trials, then enqueue each point with no COMPLETE/WAITING/live RUNNING trial."""
-    requeued = st.fail_stale_trials(study, stale_after, probe)
+    requeued = ledger.fail_stale(study, stale_after, probe)
     status = grid_status(study, spec)
     n = 0
     for p in spec.points():
@@ -190,24 +177,24 @@ def enqueue_missing(study: optuna.Study, spec: GridSpec, stale_after: float,
 
 
 def _enqueue(study: optuna.Study, spec: GridSpec, p: GridPoint) -> None:
-    study.enqueue_trial(st.point_params(p.hparams, p.seed),
-                        user_attrs=st.point_attrs(p.hparams, spec.preset, p.seed))
+    ledger.enqueue(study, ledger.point_params(p.hparams, p.seed),
+                   ledger.point_attrs(p.hparams, spec.preset, p.seed))
 
 
 def requeue_interrupted(study: optuna.Study, spec: GridSpec, stale_after: float,
-                        probe: st.Probe | None = None) -> int:
+                        probe: ledger.Probe | None = None) -> int:
     """Mid-sweep: FAIL stale trials and re-queue the points whose run was interrupted (not
     those whose objective raised: they are retried by the next sweep, as before); returns
     how many of the grid's trials wait to be run."""
-    st.fail_stale_trials(study, stale_after, probe)
+    ledger.fail_stale(study, stale_after, probe)
     points = {p.key: p for p in spec.points()}
     status: dict[str, Counter] = {k: Counter() for k in points}
     interrupted = set()
     for t in study.get_trials(deepcopy=False):
-        k = t.user_attrs.get(st.KEY_ATTR)
+        k = t.user_attrs.get(ledger.KEY_ATTR)
         if k in status:
             status[k][t.state] += 1
-            if str(t.user_attrs.get(st.FAILURE_ATTR, "")).startswith("interrupted"):
+            if ledger.interrupted(t):
                 interrupted.add(k)
     for k in interrupted:
         if not any(status[k][s] for s in COVERED):
@@ -217,10 +204,10 @@ def requeue_interrupted(study: optuna.Study, spec: GridSpec, stale_after: float,
 
 
 @contextlib.contextmanager
-def _enqueue_lock(storage):
+def _enqueue_lock(ref):
     """Serialise the read-then-enqueue step across processes sharing a journal file (flock is
     released by the kernel if the holder dies, so it can never go stale)."""
-    path = st.journal_path(storage)
+    path = ledger.journal_file(ref)
     try:
         import fcntl
     except ImportError:  # Windows: rely on the duplicate check at claim time
@@ -248,11 +235,11 @@ def run_sweep(spec: GridSpec, storage=None, study_name: str | None = None, objec
     """
     ref = _portable_ref(storage)
     name = study_name or spec.default_study_name()
-    study = st.open_study(name, ref)  # before the executor: a bad storage must not start Ray
+    study = ledger.open_study(name, ref)  # before the executor: a bad storage must not start Ray
     ex = executors.make_executor(executor, workers, ray_address)
     with ex if ex is not executor else contextlib.nullcontext(ex):
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        with _enqueue_lock(study._storage):
+        with _enqueue_lock(ref):
             _, requeued = enqueue_missing(study, spec, stale_after, ex.probe())
         keys = {p.key for p in spec.points()}
         bar = tqdm(total=len(keys), initial=_complete(study, keys), unit="point", desc=name,
@@ -274,14 +261,14 @@ def run_sweep(spec: GridSpec, storage=None, study_name: str | None = None, objec
 def _portable_ref(storage):
     """A storage reference that worker processes can reopen (journal paths made absolute)."""
     if storage is None:
-        storage = st.default_storage()
+        storage = ledger.default_storage()
     if isinstance(storage, (str, os.PathLike)) and "://" not in str(storage):
         return str(Path(storage).resolve())
     return storage
 
 
 def _complete(study: optuna.Study, keys: set[str]) -> int:
-    done = {t.user_attrs.get(st.KEY_ATTR)
+    done = {t.user_attrs.get(ledger.KEY_ATTR)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     return len(done & keys)
 
@@ -297,7 +284,7 @@ def _run_workers(study, ref, spec, objective, ex, heartbeat_s, stale_after,
     threads = getattr(ex, "threads", None)
     if isinstance(objective, TrainObjective) and objective.threads is None and threads:
         objective = replace(objective, threads=threads)
-    if getattr(ex, "nodes", 1) > 1 and st.journal_path(study._storage) is not None:
+    if getattr(ex, "nodes", 1) > 1 and ledger.journal_file(ref) is not None:
         tqdm.write(f"ridgeline: warning: a journal file is shared by {ex.nodes} Ray nodes only "
                    f"if {ref} is on a filesystem they all mount; else use a PostgreSQL URL",
                    file=sys.stderr)
@@ -313,7 +300,7 @@ def _run_workers(study, ref, spec, objective, ex, heartbeat_s, stale_after,
         if not fresh and time.monotonic() - last["at"] < SCAN_S:
             return last["waiting"]
         probe = (lambda owner: False if owner.get("worker") in dead else None) if dead else None
-        with _enqueue_lock(study._storage):
+        with _enqueue_lock(ref):
             waiting = requeue_interrupted(study, spec, stale_after, probe)
         bar.update(_complete(study, keys) - bar.n)
         last.update(at=time.monotonic(), waiting=waiting)
@@ -328,11 +315,11 @@ def _done_counts(study: optuna.Study, keys: set[str]) -> Counter:
     """Outcome counts over the grid's finished trials (the multi-worker 'ran' tally)."""
     c: Counter = Counter()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if t.user_attrs.get(st.KEY_ATTR) not in keys:
+        if t.user_attrs.get(ledger.KEY_ATTR) not in keys:
             continue
         if t.state == TrialState.COMPLETE:
             c["diverged" if t.user_attrs.get("diverged") else "done"] += 1
-        elif str(t.user_attrs.get(st.FAILURE_ATTR, "")).startswith("error"):
+        elif str(t.user_attrs.get(ledger.FAILURE_ATTR, "")).startswith("error"):
             c["failed"] += 1
     return c
 
@@ -340,14 +327,14 @@ def _done_counts(study: optuna.Study, keys: set[str]) -> Counter:
 def _report(study, ref, keys, ran: Counter, requeued: list[int], lost: int = 0) -> SweepReport:
     done, diverged, running = set(), set(), 0
     for t in study.get_trials(deepcopy=False):
-        k = t.user_attrs.get(st.KEY_ATTR)
+        k = t.user_attrs.get(ledger.KEY_ATTR)
         if k not in keys:
             continue
         if t.state == TrialState.COMPLETE:
             done.add(k)
             if t.user_attrs.get("diverged"):
                 diverged.add(k)
-        elif t.state == TrialState.RUNNING and not st.is_stale(t):
+        elif t.state == TrialState.RUNNING and not ledger.is_stale(t):
             running += 1
-    return SweepReport(study.study_name, st.storage_label(ref), len(keys), len(done),
+    return SweepReport(study.study_name, ledger.storage_label(ref), len(keys), len(done),
                        len(diverged), ran, running, requeued, lost)

@@ -37,7 +37,7 @@ from ridgeline.errors import RidgelineError
 from ridgeline.landscape import sweep
 from ridgeline.landscape.grid import SLICES, GridSpec, make_grid
 from ridgeline.presets import get_preset
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 from ridgeline.science import experiments
 from ridgeline.tuner import report as tuner_report
 from ridgeline.tuner import tune
@@ -217,7 +217,7 @@ def control_name(preset: str) -> str:
 
 def storage_exists(storage) -> bool:
     """False for a journal file that does not exist yet (reading must not create it)."""
-    ref = st.default_storage() if storage is None else storage
+    ref = ledger.default_storage() if storage is None else storage
     return "://" in str(ref) or Path(str(ref)).is_file()
 
 
@@ -227,7 +227,7 @@ def estimate_run_seconds(storage, preset: str) -> tuple[float, str]:
     runs made by parallel workers count at the rate they were made. Else the preset's default."""
     runs = []  # (wall time, start, end)
     if storage_exists(storage):
-        s = st.open_storage(storage)
+        s = ledger.open_storage(storage)
         for study in s.get_all_studies():
             for t in s.get_all_trials(study._study_id, deepcopy=False,
                                       states=(TrialState.COMPLETE,)):
@@ -253,9 +253,9 @@ def stored(storage, preset: str) -> dict:
     if not storage_exists(storage):
         return {}
     name = control_name(preset)
-    if name not in st.study_names(storage):
+    if name not in ledger.study_names(storage):
         return {}
-    return st.open_study(name, storage, create=False).user_attrs
+    return ledger.open_study(name, storage, create=False).user_attrs
 
 
 def plan_for(preset: str, budget: Budget, storage=None) -> Plan:
@@ -291,8 +291,8 @@ def run(plan: Plan, storage=None, out=None, options: Options | None = None, comm
     from ridgeline.reproduce import report
 
     opts = options or Options()
-    storage = st.default_storage() if storage is None else storage
-    control = st.open_study(control_name(plan.preset), storage)
+    storage = ledger.default_storage() if storage is None else storage
+    control = ledger.open_study(control_name(plan.preset), storage)
     control.set_user_attr(PLAN_ATTR, plan.to_dict())
     ran: Counter = Counter()
     started, t0, failed = time.time(), time.perf_counter(), 0
@@ -358,7 +358,7 @@ def run_diagnostics(plan: Plan, storage, opts: Options, control, ran: Counter, s
         return
     setup = diagnostics_setup(plan, opts)
     control.set_user_attr(SETUP_ATTR, {"every": setup.every, "precision": setup.precision})
-    cache = experiments.StudyCache(st.open_study(experiments.study_name(plan.preset), storage))
+    cache = experiments.StudyCache(ledger.open_study(experiments.study_name(plan.preset), storage))
     for kind in plan.diagnostics:
         before = cache.computed
         experiments.run(kind, setup, cache)

@@ -32,7 +32,7 @@ from ridgeline.landscape import plots
 from ridgeline.landscape.grid import SLICES
 from ridgeline.presets import Preset, get_preset
 from ridgeline.reproduce import pipeline as reproduce
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 from ridgeline.science import experiments
 from ridgeline.tuner import report as tuner_report
 from ridgeline.tuner import tune
@@ -84,7 +84,7 @@ class Context:
         plan = self.attrs.get(reproduce.PLAN_ATTR)
         self.plan = None if plan is None else reproduce.Plan.from_dict(plan)
         exists = reproduce.storage_exists(self.storage)  # a report never creates a storage
-        self.studies = set(st.study_names(self.storage)) if exists else set()
+        self.studies = set(ledger.study_names(self.storage)) if exists else set()
 
     def has_study(self, name: str) -> bool:
         return name in self.studies
@@ -94,7 +94,7 @@ def write_report(storage, preset: str, out_dir, command: str = "") -> dict[str, 
     """report.html, report.md (+ figures/) and results.json in ``out_dir``."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    storage = st.default_storage() if storage is None else storage
+    storage = ledger.default_storage() if storage is None else storage
     ctx = Context(storage, get_preset(preset), out / "figures", command)
     doc = Doc()
     for section in (header, plan_section, tuner_section, landscapes_section,
@@ -120,7 +120,7 @@ def header(ctx: Context, doc: Doc) -> None:
     doc.add("h1", _title(ctx))
     doc.add("p", f"Produced by `{produced or 'ridgeline reproduce'}`; report written "
                  f"{dt.datetime.now().isoformat(timespec='seconds')} from storage "
-                 f"`{st.storage_label(ctx.storage)}`.")
+                 f"`{ledger.storage_label(ctx.storage)}`.")
     doc.add("p", f"Paper: David Page, How to train your ResNet, part 5: Hyperparameters "
                  f"({PAPER_URL}). Preset `{ctx.preset.name}`: {ctx.preset.description}")
     if ctx.preset.name != "paper":
@@ -156,7 +156,7 @@ def replay_tune(ctx: Context, start: str, max_evals: int):
     name = tune.default_study_name(ctx.preset.name, start)
     if not ctx.has_study(name):
         return None, []
-    source = st.open_study(name, ctx.storage, create=False)
+    source = ledger.open_study(name, ctx.storage, create=False)
     copy = optuna.create_study(direction="maximize")
     copy.add_trials(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     runs: list[tune.Run] = []
@@ -277,7 +277,7 @@ def _landscape(ctx: Context, name: str, spec):
     if spec is None:
         return [name, theory, NOT_RUN, "", "", "", "", ""], None, None
     study_name = spec.default_study_name()
-    grid = plots.load_grid(st.open_study(study_name, ctx.storage, create=False), spec) \
+    grid = plots.load_grid(ledger.open_study(study_name, ctx.storage, create=False), spec) \
         if ctx.has_study(study_name) else None
     if grid is None or grid.best() is None:
         return [name, theory, NOT_YET, "", "", "", "", ""], None, None
@@ -320,7 +320,7 @@ def _experiment_summaries(ctx: Context) -> dict:
     """Each experiment's summary (figures written), or the reason there is none."""
     planned = ctx.plan.diagnostics if ctx.plan else ()
     name = experiments.study_name(ctx.preset.name)
-    cache = experiments.StudyCache(st.open_study(name, ctx.storage, create=False),
+    cache = experiments.StudyCache(ledger.open_study(name, ctx.storage, create=False),
                                    read_only=True) if ctx.has_study(name) else None
     saved = ctx.attrs.get(reproduce.SETUP_ATTR, {})
     setup = experiments.Setup(ctx.preset, None, ctx.plan.seeds if ctx.plan else 1, **saved)
@@ -441,7 +441,7 @@ def _usage(ctx: Context, label: str, names: list[str]) -> list[str]:
     for name in names:
         if not ctx.has_study(name):
             continue
-        for t in st.open_study(name, ctx.storage, create=False).get_trials(
+        for t in ledger.open_study(name, ctx.storage, create=False).get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,)):
             runs += int(t.user_attrs.get("runs", 1))
             seconds += float(t.user_attrs.get("wall_time", t.user_attrs.get("seconds", 0.0)))

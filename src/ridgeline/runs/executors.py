@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ridgeline.errors import RidgelineError
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 
 EXECUTORS = ("inprocess", "processes", "ray")
 POLL_S = 0.5  # how often the coordinator looks at its workers and the study
@@ -89,13 +89,13 @@ def run_loop(fn: Callable, args: tuple, token: str, env: dict, stop: Callable[[]
     way; any other exception is a bug and propagates.
     """
     apply_env(env)
-    st.set_owner_tags(worker=token, **(tags or {}))
+    ledger.set_owner_tags(worker=token, **(tags or {}))
     try:
         return "ok", fn(*args, stop=stop)
     except RidgelineError as e:
         return "error", str(e)
     finally:
-        st.set_owner_tags()  # a reused process (Ray's, or this one) must not keep the token
+        ledger.set_owner_tags()  # a reused process (Ray's, or this one) must not keep the token
 
 
 def apply_env(env: dict) -> None:
@@ -157,7 +157,7 @@ class Executor(ABC):
         """The same placement for single calls (the tuner's); None: the caller's default."""
         return None
 
-    def probe(self) -> st.Probe | None:
+    def probe(self) -> ledger.Probe | None:
         """Checks owners on other hosts that the storage alone cannot (Ray nodes)."""
         return None
 
@@ -340,7 +340,7 @@ class RayExecutor(Executor):
             raise
         self._loop = self.ray.remote(max_retries=0)(_ray_main)
         self._call = self.ray.remote(max_retries=0)(_ray_call)
-        self._probe = self.ray.remote(max_retries=0, num_cpus=0)(st.process_alive)
+        self._probe = self.ray.remote(max_retries=0, num_cpus=0)(ledger.process_alive)
 
     def connect(self) -> None:
         """Join the cluster at ``address``, or start a local one that ``close`` stops.
@@ -398,7 +398,7 @@ class RayExecutor(Executor):
     def futures(self) -> cf.Executor:
         return _RayFutures(self)
 
-    def probe(self) -> st.Probe:
+    def probe(self) -> ledger.Probe:
         """Ask a Ray owner's own node whether its pid lives: a task pinned there that needs no
         CPU, so it runs even when the node is busy. A dead node's owners are dead; an unknown
         node (another cluster sharing the study) cannot tell, and the heartbeat decides."""

@@ -1,30 +1,39 @@
-"""Every training run is an Optuna trial: storage, the RunResult ↔ trial mapping, liveness.
+"""The run ledger: every write ridgeline makes to Optuna storage, on Optuna's public API only.
 
-Contract: a RunResult serialises to JSON, and a finished trial's user attrs carry the same
-fields under the same names (plus the paper's derived coordinates), so ``trial_to_result``
-rebuilds the RunResult exactly and optuna-dashboard shows everything a run reported.
+Sweeps, the tuner, the experiments and ``reproduce`` all record their runs here, the same way.
 
 Storage. The default is a JournalStorage file, ``./ridgeline.journal`` (or $RIDGELINE_STORAGE):
-an append-only log that several local worker processes write safely (each append takes a lock
-file and fsyncs), where SQLite raises "database is locked" under the same load. One file holds
-every study, so one ``optuna-dashboard ridgeline.journal`` shows them all. Any SQLAlchemy URL
-(``sqlite:///x.db``, ``postgresql://…``) is accepted too.
+an append-only log that several local processes write safely (each append takes Optuna's lock
+file and fsyncs). One file holds every study, so ``optuna-dashboard ridgeline.journal`` shows
+them all. Any SQLAlchemy URL (``sqlite:///x.db``, ``postgresql://…``) works too; RDB storages
+are opened with Optuna's heartbeat (``heartbeat_interval``, ``grace_period``), so a worker that
+dies inside ``study.optimize`` has its trial failed by ``optuna.storages.fail_stale_trials``.
+A journal whose last line was torn by a crash is repaired on open: the partial line is moved
+to ``<journal>.corrupt`` and every complete record is kept (see :func:`_repair_torn_tail`).
 
-Trial states. COMPLETE is a finished run: value = test accuracy, or 0.0 with user attr
-``diverged=True`` when the loss went non-finite (a diverged point is a result, never re-run).
-FAIL is a run that did not finish (its process was killed, or the objective raised): the user
-attr ``failure`` says why and a resumed sweep runs that point again. PRUNED marks a duplicate
-claim of a point that another trial already covers.
+Encoding, written once here and read everywhere:
 
-Liveness. JournalStorage has no Optuna heartbeat, so ridgeline records the owner process
-(host, pid, start time) and a periodic heartbeat in each RUNNING trial's system attrs. A RUNNING
-trial is *stale* when its owner on this host is gone (checked at once, by pid and start time),
-or, for an owner on another host, when its heartbeat is older than ``stale_after`` seconds.
-Only stale trials are failed and re-run, so a second sweep started beside a live one never
-steals its points. Worker loops started by an executor (ridgeline.runs.executors) add tags to their
-owner record: ``worker`` (a token the coordinator knows, so a worker it saw die marks its trials
-stale at once) and, on Ray, ``ray_node`` (so a pid on another node can be checked there). Those
-checks are passed in as a *probe*; without one, other hosts fall back to the heartbeat.
+* **COMPLETE** is a finished run. value = the objective's value (test accuracy for training),
+  user attr ``diverged=False``.
+* **A diverged run** (the loss or the objective went non-finite) is COMPLETE too, with user
+  attr ``diverged=True`` and value ``DIVERGED_VALUE`` (0.0, chance-level or below for an
+  accuracy). It is a result: it is never run again. Readers use :func:`is_diverged`, never
+  the value, so an objective whose real values can be negative is read correctly.
+* **FAIL** is a run that did not finish: the objective raised (user attr ``failure`` starts
+  with ``error:``), it was interrupted (``interrupted…``), or its process died (no ``failure``
+  attr: whoever found it stale could not write one). Every writer runs a FAILed point again.
+* **PRUNED** is a trial that ran nothing: a duplicate claim of a point another trial covers,
+  or a claim that found the queue empty (``failure`` says which).
+* A RunResult's fields are the COMPLETE trial's user attrs under the same names (plus the
+  paper's derived coordinates), so :func:`trial_to_result` rebuilds it exactly.
+
+Liveness. JournalStorage has no heartbeat, so this module keeps a small shim of public calls:
+the process running a trial signs it (user attr ``ridgeline:owner``: host, pid, start time,
+trial number) and beats (``ridgeline:heartbeat``) from a thread while it runs. A RUNNING trial
+is *stale* when its owner on this host is gone (pid and start time), or, for another host, when
+its last beat is older than ``stale_after``. Executors can pass a *probe* that answers for
+owners they supervise (a worker seen to die, a pid on another Ray node). Stale trials are
+failed with ``study.tell(number, state=FAIL)``; each writer re-runs their points.
 """
 
 from __future__ import annotations
@@ -32,12 +41,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import optuna
@@ -47,30 +58,33 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, first_line
 from ridgeline.hparams import HParams
 
 DEFAULT_STORAGE = "ridgeline.journal"
+STORAGE_ENV = "RIDGELINE_STORAGE"
 # Optuna's own lock file (so optuna-dashboard and scripts interoperate), but a process killed
 # mid-append leaves it behind: it is broken after 5 s instead of Optuna's 30 (appends take ms).
 LOCK_GRACE_S = 5
-STORAGE_ENV = "RIDGELINE_STORAGE"
-# RunResult's fields (tests/test_study.py checks they equal cifar.train.RunResult);
-# spelt out so reading a study does not import torch.
+PG_CONNECT_TIMEOUT_S = 10  # an unreachable PostgreSQL host fails in seconds, not a TCP timeout
+RDB_HEARTBEAT_S = 60  # Optuna's heartbeat on RDB storages; stale after grace period below
+RDB_GRACE_S = 600
+RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+
+# RunResult's fields (tests/test_ledger.py checks they equal cifar.train.RunResult); spelt out
+# so reading a study does not import torch.
 RESULT_FIELDS = ("test_acc", "train_loss", "diverged", "epochs", "wall_time", "train_time",
                  "images_per_sec", "hparams", "preset", "seed", "device", "precision",
                  "versions", "extras")
 KEY_ATTR = "grid_key"  # user attr: identity of a grid point (hyperparameters, preset, seed)
+DIVERGED_ATTR = "diverged"
 FAILURE_ATTR = "failure"  # user attr on FAIL/PRUNED trials: why it did not complete
-OWNER_ATTR = "ridgeline:owner"  # system attr: {"host", "pid", "start"} of the running process
-CLAIMANT_PREFIX = "ridgeline:claimant:"  # system attrs: every process that tried to claim
-HEARTBEAT_ATTR = "ridgeline:heartbeat"  # system attr: unix time of the owner's last beat
-DIVERGED_VALUE = 0.0  # objective value of a diverged run (below any real accuracy)
-PG_CONNECT_TIMEOUT_S = 10  # an unreachable PostgreSQL host fails in seconds, not a TCP timeout
-# Extra fields of this process's owner record, set by the executor that started this worker.
-_OWNER_TAGS: dict = {}
+OWNER_ATTR = "ridgeline:owner"  # user attr: {"host", "pid", "start", "trial", tags…}
+HEARTBEAT_ATTR = "ridgeline:heartbeat"  # user attr: unix time of the owner's last beat
+DIVERGED_VALUE = 0.0
+_OWNER_TAGS: dict = {}  # extra owner fields set by the executor that started this worker
 
-# Wide fixed ranges: the params are always enqueued values, these only label them for Optuna.
+# Wide fixed ranges: params are always enqueued values, these only label them for Optuna.
 DISTRIBUTIONS = {
     "lr": FloatDistribution(1e-8, 1e4, log=True),
     "momentum": FloatDistribution(0.0, 1.0),
@@ -97,41 +111,48 @@ def storage_label(ref) -> str:
     return text
 
 
-def open_storage(ref: str | os.PathLike | BaseStorage | None = None) -> BaseStorage:
+def open_storage(ref: str | os.PathLike | BaseStorage | None = None, *,
+                 read_only: bool = False) -> BaseStorage:
     """A URL (``scheme://…``) opens an RDB storage, anything else is a journal file path.
 
-    Failures (bad URL, missing driver, unreachable server, a file that is not a journal) become
-    one-line RidgelineErrors naming the storage, since they are user input, not bugs.
+    ``read_only`` (plot, report) never creates or repairs a file. Failures (bad URL, missing
+    driver, unreachable server, a file that is not a journal, no write permission) become
+    one-line RidgelineErrors naming the storage: they are user input, not bugs.
     """
     if isinstance(ref, BaseStorage):
         return ref
-    ref = default_storage() if ref is None else ref
-    text = str(ref)
+    text = str(default_storage() if ref is None else ref)
     try:
         if "://" in text:
             return _open_rdb(text)
-        return _open_journal(Path(text))
+        return _open_journal(Path(text), read_only)
     except RidgelineError:
         raise
     except Exception as e:  # sqlalchemy/driver/OS errors: many types, all user-facing here
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RidgelineError(f"cannot open storage {storage_label(text)!r}: {reason}") from None
+        raise RidgelineError(f"cannot open storage {storage_label(text)!r}: "
+                             f"{first_line(e)}") from None
 
 
 def _open_rdb(url: str) -> RDBStorage:
-    """PostgreSQL gets a driver that is installed and a connect timeout: libpq's default is to
-    wait for the OS TCP timeout (minutes) on a host that drops packets, which would hang every
-    worker at start-up."""
-    if url.startswith(("postgresql", "postgres:")):
-        args = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-        return RDBStorage(_pg_driver(url), engine_kwargs={"connect_args": args})
-    return RDBStorage(url)
+    """RDB with Optuna's heartbeat. PostgreSQL gets an installed driver and a connect timeout
+    (libpq's default waits for the OS TCP timeout, minutes, on a host that drops packets)."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in RDB_SCHEMES:
+        raise RidgelineError(
+            f"storage {storage_label(url)!r}: unknown scheme {scheme!r}; use a .journal file "
+            f"path, sqlite:///FILE.db, postgresql://USER@HOST/DB or mysql://USER@HOST/DB")
+    kwargs: dict = {"heartbeat_interval": RDB_HEARTBEAT_S, "grace_period": RDB_GRACE_S}
+    if scheme in ("postgresql", "postgres"):
+        url = _pg_driver(url)
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}}
+    with warnings.catch_warnings():  # heartbeat_interval: experimental, public all the same
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, **kwargs)
 
 
 def _pg_driver(url: str) -> str:
-    """A bare ``postgresql://`` (or ``postgres://``) URL names no driver, and SQLAlchemy's
-    default changed from psycopg2 to psycopg 3 in 2.1: use whichever is installed (the
-    ``postgres`` extra installs psycopg2-binary). An explicit ``+driver`` is kept."""
+    """A bare ``postgresql://`` URL names no driver, and SQLAlchemy's default changed from
+    psycopg2 to psycopg 3 in 2.1: use whichever is installed. An explicit ``+driver`` stays."""
     scheme, rest = url.split("://", 1)
     if "+" in scheme:
         return url
@@ -144,20 +165,37 @@ def _pg_driver(url: str) -> str:
                          f"is installed (pip install 'ridgeline[postgres]')")
 
 
-def _open_journal(path: Path) -> JournalStorage:
+def _open_journal(path: Path, read_only: bool) -> JournalStorage:
     if path.is_dir():
         raise RidgelineError(f"storage {str(path)!r} is a folder: give a .journal file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if read_only and not path.exists():
+        raise RidgelineError(f"storage {str(path)!r} does not exist")
     if path.exists() and path.read_bytes()[:16].startswith(b"SQLite format"):
         raise RidgelineError(f"storage {str(path)!r} is an SQLite file: pass sqlite:///{path}")
     if not _looks_like_journal(path):
         raise RidgelineError(f"storage {str(path)!r} is not an Optuna journal file: "
                              f"give a new or existing .journal path")
+    if not read_only:
+        _check_writable(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
+    if not read_only:
+        _repair_torn_tail(path, lock)
     try:
-        lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
         return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     except ValueError as e:  # json/UnicodeDecodeError are ValueErrors
         raise RidgelineError(f"storage {str(path)!r} is not an Optuna journal file ({e})") from None
+
+
+def _check_writable(path: Path) -> None:
+    """Optuna writes the journal and a lock file beside it: both need a writable folder."""
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    for p, what in ((folder, "its folder"), (path, "the file")):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise RidgelineError(f"storage {str(path)!r} is read-only ({what} cannot be "
+                                 f"written): give a writable .journal path")
+    if not folder.is_dir():
+        raise RidgelineError(f"storage {str(path)!r}: {str(folder)!r} is not a folder")
 
 
 def _looks_like_journal(path: Path) -> bool:
@@ -167,7 +205,7 @@ def _looks_like_journal(path: Path) -> bool:
         return True
     with open(path, "rb") as f:
         first = f.readline()
-    if not first:
+    if not first.strip():
         return True
     try:
         return "op_code" in json.loads(first)
@@ -175,18 +213,53 @@ def _looks_like_journal(path: Path) -> bool:
         return False
 
 
-def journal_path(storage: BaseStorage) -> Path | None:
-    """The file behind a JournalFileBackend storage, else None (used for the enqueue lock)."""
-    backend = getattr(storage, "_backend", None)
-    path = getattr(backend, "_file_path", None)
-    return Path(path) if path else None
+def _repair_torn_tail(path: Path, lock) -> None:
+    """A crash mid-append leaves a last line without its newline; the next append would be
+    glued onto it and the file lost. Under Optuna's lock: a complete record only lacking its
+    newline gets one; a partial one moves to ``<path>.corrupt`` and the file is cut back to
+    its last complete record."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data.endswith(b"\n"):
+                return
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            if _is_record(tail):
+                f.write(b"\n")
+                return
+            with open(f"{path}.corrupt", "ab") as bad:
+                bad.write(tail + b"\n")
+            f.truncate(cut)
+    finally:
+        lock.release()
+    print(f"ridgeline: warning: {path} ended in a torn line ({len(tail)} bytes); it was moved "
+          f"to {path}.corrupt and every complete record kept", file=sys.stderr)
 
 
-def open_study(name: str, storage=None, create: bool = True) -> optuna.Study:
-    """Load study ``name`` (created, maximising test accuracy, when ``create``)."""
+def _is_record(line: bytes) -> bool:
+    try:
+        return "op_code" in json.loads(line)
+    except (ValueError, TypeError):
+        return False
+
+
+def journal_file(ref) -> Path | None:
+    """The journal file a storage reference names (absolute), or None for URLs and objects."""
+    if isinstance(ref, (str, os.PathLike)) and "://" not in str(ref):
+        return Path(ref).resolve()
+    return None
+
+
+def open_study(name: str, storage=None, *, create: bool = True,
+               read_only: bool = False) -> optuna.Study:
+    """Load study ``name`` (created, maximising, when ``create``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no log line per trial
-    st = open_storage(storage)
-    if create:
+    st = open_storage(storage, read_only=read_only)
+    if create and not read_only:
         return optuna.create_study(study_name=name, storage=st, direction="maximize",
                                    load_if_exists=True)
     try:
@@ -198,10 +271,22 @@ def open_study(name: str, storage=None, create: bool = True) -> optuna.Study:
 
 
 def study_names(storage) -> list[str]:
-    return [s.study_name for s in open_storage(storage).get_all_studies()]
+    """The studies in ``storage``; none when its journal file does not exist yet."""
+    path = journal_file(default_storage() if storage is None else storage)
+    if path is not None and not path.exists():
+        return []
+    return [s.study_name for s in open_storage(storage, read_only=True).get_all_studies()]
 
 
-# ----------------------------------------------------------------------------- results
+def notes(storage, name: str) -> dict:
+    """The user attrs of study ``name`` ({} when there is none): a study as a small record of
+    its own (``reproduce`` keeps its plan and sessions so)."""
+    if name not in study_names(storage):
+        return {}
+    return open_study(name, storage, create=False, read_only=True).user_attrs
+
+
+# ----------------------------------------------------------------------------- encoding
 
 def point_key(hp: HParams, preset: str, seed: int) -> str:
     """A grid point's identity; 10 significant digits so float noise never splits a point."""
@@ -235,44 +320,82 @@ def result_to_attrs(result) -> dict:
     return {**d, **HParams(**d["hparams"]).derived()}
 
 
-def trial_value(result) -> float:
+def result_value(result) -> float | None:
+    """A RunResult's objective value: its test accuracy, None when it diverged."""
     d = result_dict(result)
-    return DIVERGED_VALUE if d["diverged"] else float(d["test_acc"])
+    return None if d["diverged"] else float(d["test_acc"])
+
+
+def is_diverged(trial: FrozenTrial) -> bool:
+    """A COMPLETE trial that diverged (the one encoding: user attr ``diverged``)."""
+    return trial.state == TrialState.COMPLETE and bool(trial.user_attrs.get(DIVERGED_ATTR))
+
+
+def outcome(trial: FrozenTrial) -> float | None:
+    """A COMPLETE trial's value, −inf when it diverged, None for any other state."""
+    if trial.state != TrialState.COMPLETE:
+        return None
+    return -math.inf if is_diverged(trial) else trial.value
 
 
 def trial_to_result(trial: FrozenTrial):
     """The RunResult a COMPLETE trial recorded, or None for any other trial."""
-    if trial.state != TrialState.COMPLETE or "diverged" not in trial.user_attrs:
+    if trial.state != TrialState.COMPLETE or "test_acc" not in trial.user_attrs:
         return None
     from ridgeline.cifar.train import RunResult
 
     return RunResult.from_dict({f: trial.user_attrs[f] for f in RESULT_FIELDS})
 
 
-def record_result(study: optuna.Study, trial_id: int, result) -> bool:
-    """Write the attrs, then COMPLETE (attrs first: a COMPLETE trial is always whole).
+# ----------------------------------------------------------------------------- writing
 
-    Returns False when the trial was already finished by someone else (declared stale while
-    this process was still running it); that point has been or will be re-run.
+def complete(study: optuna.Study, trial: optuna.Trial, value: float | None,
+             attrs: Mapping = ()) -> bool:
+    """Record a finished run: ``attrs`` first, then COMPLETE (so a COMPLETE trial is always
+    whole). ``value`` None or non-finite is a diverged run (see the module docstring).
+
+    False when someone else finished the trial first (found it stale while this process still
+    ran it): that point has been or will be run again.
     """
+    diverged = value is None or not math.isfinite(value)
     try:
-        for k, v in result_to_attrs(result).items():
-            study._storage.set_trial_user_attr(trial_id, k, v)
-        study._storage.set_trial_state_values(trial_id, TrialState.COMPLETE,
-                                              [trial_value(result)])
+        for k, v in dict(attrs).items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr(DIVERGED_ATTR, diverged)
+        told = study.tell(trial, DIVERGED_VALUE if diverged else float(value),
+                          skip_if_finished=True)
     except UpdateFinishedTrialError:
         return False
-    return True
+    return told.state == TrialState.COMPLETE and told.user_attrs.get(DIVERGED_ATTR) is diverged
 
 
-def finish_unrun(study: optuna.Study, trial_id: int, state: TrialState, why: str) -> bool:
-    """Mark a trial that will not complete (FAIL: re-run on resume; PRUNED: duplicate)."""
+def complete_result(study: optuna.Study, trial: optuna.Trial, result) -> bool:
+    """:func:`complete` for a RunResult (or its dict): its fields become the user attrs."""
+    return complete(study, trial, result_value(result), result_to_attrs(result))
+
+
+def fail(study: optuna.Study, trial: optuna.Trial, why: str,
+         state: TrialState = TrialState.FAIL) -> bool:
+    """A trial that will not complete: FAIL (run again later) or PRUNED (ran nothing)."""
     try:
-        study._storage.set_trial_user_attr(trial_id, FAILURE_ATTR, why)
-        study._storage.set_trial_state_values(trial_id, state)
+        trial.set_user_attr(FAILURE_ATTR, why)
+        told = study.tell(trial, state=state, skip_if_finished=True)
     except UpdateFinishedTrialError:
         return False
-    return True
+    return told.state == state
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    """A FAIL whose run did not raise: interrupted, or its process died (no reason written)."""
+    reason = str(trial.user_attrs.get(FAILURE_ATTR, ""))
+    return trial.state == TrialState.FAIL and not reason.startswith("error")
+
+
+def error_reason(error: BaseException) -> str:
+    """The ``failure`` text of a run that raised: ``error: …`` or ``interrupted: …``."""
+    if isinstance(error, Exception):
+        return f"error: {type(error).__name__}: {first_line(error)}"
+    return f"interrupted: {type(error).__name__}"
 
 
 # ----------------------------------------------------------------------------- liveness
@@ -292,8 +415,8 @@ def this_process() -> dict:
 
 
 def set_owner_tags(**tags) -> None:
-    """Tag every trial this process claims from now on (an executor's worker token, its Ray
-    node): a worker process may be reused for several worker loops, so tags are replaced."""
+    """Tag every trial this process signs from now on (an executor's worker token, its Ray
+    node): a worker process may be reused for several loops, so tags are replaced."""
     _OWNER_TAGS.clear()
     _OWNER_TAGS.update({k: v for k, v in tags.items() if v is not None})
 
@@ -312,32 +435,15 @@ def process_alive(owner: dict) -> bool:
     return True
 
 
-def claim(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Atomically take a WAITING trial (first RUNNING write wins) and sign it as ours.
-
-    Each claimant first signs under its own key, so a process killed between winning the claim
-    and writing OWNER_ATTR still left its name on the trial and is_stale can tell it is gone.
-    """
-    me = this_process()
-    try:
-        study._storage.set_trial_system_attr(trial._trial_id, _claimant_key(me), me)
-        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
-            return False
-    except UpdateFinishedTrialError:
-        return False
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, me)
-    return True
+def sign(trial: optuna.Trial) -> None:
+    """Mark ``trial`` as run by this process (the liveness shim's owner record)."""
+    trial.set_user_attr(OWNER_ATTR, {**this_process(), "trial": trial.number})
 
 
-def _claimant_key(proc: dict) -> str:
-    return f"{CLAIMANT_PREFIX}{proc['host']}:{proc['pid']}"
-
-
-def _owners(trial: FrozenTrial) -> list[dict]:
-    """The owner, or failing that every process that tried to claim the trial."""
-    if OWNER_ATTR in trial.system_attrs:
-        return [trial.system_attrs[OWNER_ATTR]]
-    return [v for k, v in trial.system_attrs.items() if k.startswith(CLAIMANT_PREFIX)]
+def owner(trial: FrozenTrial) -> dict | None:
+    """The owner record of this trial; one copied from another trial's attrs does not count."""
+    rec = trial.user_attrs.get(OWNER_ATTR)
+    return rec if isinstance(rec, dict) and rec.get("trial") == trial.number else None
 
 
 Probe = Callable[[dict], "bool | None"]  # owner record -> alive, dead, or None: cannot tell
@@ -345,55 +451,141 @@ Probe = Callable[[dict], "bool | None"]  # owner record -> alive, dead, or None:
 
 def is_stale(trial: FrozenTrial, stale_after: float = 600.0, now: float | None = None,
              probe: Probe | None = None) -> bool:
-    """A RUNNING trial nobody is running any more (see the module docstring).
-
-    ``probe`` answers for owners this host cannot check itself (a worker the coordinator saw
-    die, a pid on another Ray node); where it cannot tell, the usual rules apply.
-    """
+    """A RUNNING trial nobody is running any more (see the module docstring)."""
     if trial.state != TrialState.RUNNING:
         return False
-    owners = _owners(trial)
-    verdicts = [probe(o) for o in owners] if probe and owners else []
-    if True in verdicts:
-        return False
-    if verdicts and all(v is False for v in verdicts):
-        return True
-    if owners and all(o.get("host") == socket.gethostname() for o in owners):
-        return not any(process_alive(o) for o in owners)
-    last = trial.system_attrs.get(HEARTBEAT_ATTR)
+    rec = owner(trial)
+    verdict = probe(rec) if probe and rec else None
+    if verdict is not None:
+        return not verdict
+    if rec and rec.get("host") == socket.gethostname():
+        return not process_alive(rec)
+    last = trial.user_attrs.get(HEARTBEAT_ATTR)
     if last is None:
         start = trial.datetime_start or dt.datetime.now()
         last = start.timestamp()  # naive local time, as Optuna stores it
     return (time.time() if now is None else now) - float(last) > stale_after
 
 
-def fail_stale_trials(study: optuna.Study, stale_after: float = 600.0,
-                      probe: Probe | None = None) -> list[int]:
-    """FAIL every stale RUNNING trial (so the sweep re-runs its point); their numbers."""
+def fail_stale(study: optuna.Study, stale_after: float = 600.0,
+               probe: Probe | None = None) -> list[int]:
+    """FAIL every stale RUNNING trial (Optuna's heartbeat check first, then the shim's);
+    the numbers the shim failed. Their points are run again by whoever needs them."""
+    with warnings.catch_warnings():  # experimental since Optuna 2.9, public all the same
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB with heartbeat; a no-op elsewhere
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if is_stale(t, stale_after, probe=probe) and finish_unrun(
-                study, t._trial_id, TrialState.FAIL, "interrupted: its process is gone"):
-            failed.append(t.number)
+        if is_stale(t, stale_after, probe=probe):
+            told = study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if told.state == TrialState.FAIL and told.user_attrs.get(FAILURE_ATTR) is None:
+                failed.append(t.number)
     return failed
 
 
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial_id: int, interval: float = 60.0) -> Iterator[None]:
-    """Beat every ``interval`` s while the body runs, so other hosts can tell we are alive."""
+def alive(trial: optuna.Trial, interval: float = 60.0) -> Iterator[None]:
+    """Sign ``trial`` and beat every ``interval`` s while the body runs, so other hosts can
+    tell it is still running (the shim; RDB storages also get Optuna's own heartbeat inside
+    ``study.optimize``)."""
+    sign(trial)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(interval):
             try:
-                study._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                trial.set_user_attr(HEARTBEAT_ATTR, time.time())
             except Exception:  # finished under us or storage gone: nothing left to signal
                 return
 
-    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+# ----------------------------------------------------------------------------- queue
+
+def waiting(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def run_queued(study: optuna.Study, fn: Callable[[optuna.Trial], float | None], *,
+               heartbeat_s: float = 60.0, is_error: Callable[[BaseException], bool] | None = None
+               ) -> tuple[str, FrozenTrial | None]:
+    """Take the oldest WAITING trial (Optuna's ask: first RUNNING write wins) and run
+    ``fn(trial)`` on it inside ``study.optimize`` (so RDB storages get Optuna's heartbeat).
+
+    ``fn`` returns the value (None = diverged) after writing its attrs; it may raise
+    :class:`Skip` to record a PRUNED trial that ran nothing. An exception for which
+    ``is_error`` is true is recorded as FAIL ``error: …`` and swallowed; any other
+    (KeyboardInterrupt, a RidgelineError) is recorded as FAIL and re-raised.
+
+    Returns (outcome, trial): outcome is "done", "diverged", "failed", "skipped", or "lost"
+    (someone failed the trial as stale while it ran); trial is None when no WAITING trial
+    was left (the ask made a fresh trial, recorded PRUNED).
+    """
+    box: dict = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        box["trial"] = trial
+        if not any(k in trial.user_attrs for k in (KEY_ATTR, QUEUED_ATTR)):
+            raise Skip("nothing was waiting: the queue emptied before this claim")
+        with alive(trial, heartbeat_s):
+            try:
+                value = fn(trial)
+            except Skip:
+                raise
+            except BaseException as e:  # noqa: B036 - recorded, then re-raised or swallowed
+                trial.set_user_attr(FAILURE_ATTR, error_reason(e))
+                if is_error is not None and is_error(e):
+                    raise _Failed() from e
+                raise
+        diverged = value is None or not math.isfinite(value)
+        trial.set_user_attr(DIVERGED_ATTR, diverged)
+        box["diverged"] = diverged
+        return DIVERGED_VALUE if diverged else float(value)
+
+    try:
+        study.optimize(_skip_to_pruned(objective), n_trials=1, catch=(_Failed,))
+    except ValueError:  # tell found the trial finished: failed as stale under us
+        trial = box.get("trial")
+        if trial is None or study.trials[trial.number].state == TrialState.RUNNING:
+            raise
+        return "lost", study.trials[trial.number]
+    frozen = study.trials[box["trial"].number]
+    if frozen.state == TrialState.PRUNED:
+        none_left = KEY_ATTR not in frozen.user_attrs and QUEUED_ATTR not in frozen.user_attrs
+        return "skipped", (None if none_left else frozen)
+    if frozen.state == TrialState.FAIL:
+        return "failed", frozen
+    return ("diverged" if box.get("diverged") else "done"), frozen
+
+
+QUEUED_ATTR = "ridgeline:queued"  # user attr of every trial a ridgeline writer enqueued
+
+
+class Skip(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a queued run's ``fn``: record the trial PRUNED with this reason."""
+
+
+class _Failed(Exception):
+    """An objective error already recorded on the trial (caught by study.optimize)."""
+
+
+def _skip_to_pruned(objective):
+    def wrapped(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except Skip as e:
+            trial.set_user_attr(FAILURE_ATTR, str(e))
+            raise optuna.TrialPruned(str(e)) from None
+    return wrapped
+
+
+def enqueue(study: optuna.Study, params: Mapping, attrs: Mapping) -> None:
+    """Queue a point for :func:`run_queued` (marked as ridgeline's)."""
+    study.enqueue_trial(dict(params), user_attrs={**attrs, QUEUED_ATTR: True})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 
 
 @dataclass
@@ -66,7 +66,7 @@ def resolve_objective(objective) -> Callable:
 def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
     """An objective's return value as a RunResult dict (floats/None get the bookkeeping)."""
     if out is not None and not isinstance(out, (int, float)):
-        return st.result_dict(out)
+        return ledger.result_dict(out)
     diverged = out is None or not math.isfinite(out)
     from ridgeline.cifar.train import versions  # lazy: torch loads only where runs are recorded
 

@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 from ridgeline.science import theory
 
 HOOK_NAME = "weight_norms"  # ridgeline.science.diagnostics.HOOK_NAME, without importing torch here
@@ -97,13 +97,13 @@ class MemoryCache:
 class StudyCache:
     """One COMPLETE trial per unit in ``study``. A unit whose run raised (or was interrupted)
     is FAILed at once; one whose process was killed stays RUNNING with an owner record, and
-    the next cache on the study FAILs it (study.py's liveness rules). Either way the unit is
+    the next cache on the study FAILs it (the ledger's liveness rules). Either way the unit is
     computed again by the next cache that needs it."""
 
     def __init__(self, study: optuna.Study, read_only: bool = False) -> None:
         self.study, self.read_only, self.computed = study, read_only, 0
         if not read_only:
-            st.fail_stale_trials(study)
+            ledger.fail_stale(study)
         self.units = {t.user_attrs[UNIT_ATTR]: t.user_attrs[RESULT_ATTR]
                       for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                       if UNIT_ATTR in t.user_attrs}
@@ -114,29 +114,25 @@ class StudyCache:
         if self.read_only:
             raise NotCached(f"unit {key} is not in study {self.study.study_name!r}")
         trial = self.study.ask()
-        storage = self.study._storage
-        storage.set_trial_system_attr(trial._trial_id, st.OWNER_ATTR, st.this_process())
         trial.set_user_attr(UNIT_ATTR, key)
         t0 = time.perf_counter()
         try:
-            result = compute()
+            with ledger.alive(trial):
+                result = compute()
         except BaseException as e:  # Ctrl-C or a failed run: FAIL now, computed again next time
-            st.finish_unrun(self.study, trial._trial_id, TrialState.FAIL,
-                            f"interrupted: {type(e).__name__}")
+            ledger.fail(self.study, trial, ledger.error_reason(e))
             raise
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
-        trial.set_user_attr("runs", runs)
-        trial.set_user_attr(RESULT_ATTR, result)
-        self.study.tell(trial, _unit_value(result))
+        attrs = {"seconds": time.perf_counter() - t0, "runs": runs, RESULT_ATTR: result}
+        ledger.complete(self.study, trial, _unit_value(result), attrs)
         self.units[key] = result
         self.computed += runs
         return result
 
 
-def _unit_value(result: dict) -> float:
+def _unit_value(result: dict) -> float | None:
     """A number for the trial's value (Optuna needs one): the unit's test accuracy."""
     acc = result.get("test_acc", result.get("baseline", {}).get("test_acc"))
-    return float(acc) if acc is not None and math.isfinite(acc) else st.DIVERGED_VALUE
+    return float(acc) if acc is not None else None  # None: diverged (ledger's encoding)
 
 
 def study_name(preset: str) -> str:
@@ -233,10 +229,10 @@ def symmetry(setup: Setup, cache) -> tuple[dict, dict]:
     seed, so its partners run for seed 0 only; further seeds are the noise reference the
     differences are judged against."""
     hp, name = setup.preset.hparams, setup.preset.name
-    unit = cache.get(f"symmetry-partners|{st.point_key(hp, name, 0)}",
+    unit = cache.get(f"symmetry-partners|{ledger.point_key(hp, name, 0)}",
                      lambda: _partners(setup), runs=1 + len(SYMMETRY_VARIANTS))
     bases = [unit["baseline"]] + [
-        cache.get(f"symmetry-baseline|{st.point_key(hp, name, s)}",
+        cache.get(f"symmetry-baseline|{ledger.point_key(hp, name, s)}",
                   lambda s=s: _baseline(setup, s)) for s in range(1, setup.seeds)]
     seeds = {s: {"baseline_test_acc": b["test_acc"]} for s, b in enumerate(bases)}
     seeds[0].update({k: {m: x for m, x in v.items() if m != "abs_loss_diff"}
@@ -296,7 +292,7 @@ def hooked_runs(settings: dict[str, HParams], setup: Setup, cache) -> dict:
     runs: dict[str, list] = {k: [] for k in settings}
     for seed in range(setup.seeds):
         for label, hp in settings.items():
-            key = (f"hooked|{st.point_key(hp, setup.preset.name, seed)}|every={setup.every}"
+            key = (f"hooked|{ledger.point_key(hp, setup.preset.name, seed)}|every={setup.every}"
                    f"|precision={setup.precision}")
             runs[label].append(cache.get(key, lambda hp=hp, s=seed: _hooked(hp, setup, s)))
     return runs

@@ -24,7 +24,7 @@ import numpy as np
 
 from ridgeline.landscape import plots
 from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 from ridgeline.tuner.tune import Run, TuneResult
 
 U = "lr*weight_decay/(1-momentum)"
@@ -120,7 +120,7 @@ def find_landscapes(storage, preset: str) -> dict[str, plots.Grid]:
 
 
 def _landscape(storage, name: str, preset: str, axis: str) -> plots.Grid | None:
-    study = st.open_study(name, storage, create=False)
+    study = ledger.open_study(name, storage, read_only=True)
     spec = GridSpec.from_dict(study.user_attrs[SPEC_ATTR])
     if spec.preset != preset or set(spec.axes) != {"lr", axis}:
         return None

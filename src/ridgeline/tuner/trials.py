@@ -20,7 +20,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from ridgeline.errors import TuneError
-from ridgeline.runs import ledger as st
+from ridgeline.runs import ledger
 from ridgeline.tuner.invariants import CoordinateSystem
 
 Objective = Callable[[dict, int], object]  # float | None, or a RunResult (or its dict)
@@ -170,7 +170,7 @@ def _evaluate(objective: Objective, params: dict, seed: int) -> tuple[float, boo
     (−inf, diverged); a RunResult gives its test accuracy and its fields as attrs."""
     value, attrs = objective(dict(params), seed), {}
     if value is not None and not isinstance(value, (int, float)):
-        attrs = st.result_to_attrs(value)
+        attrs = ledger.result_to_attrs(value)
         value = None if attrs["diverged"] else attrs["test_acc"]
     if value is None or not math.isfinite(value := float(value)):
         return -math.inf, True, attrs
@@ -194,8 +194,9 @@ class TrialStore:
 
     Trials are created with ``enqueue_trial`` + ``ask`` so the stored params are exactly the
     point's. Params are the tuned raw hyperparameters plus ``seed``; pass-through keys go in the
-    ``fixed`` user attr. A finished call is told COMPLETE (value −inf if it diverged). A
-    speculative call whose result is not yet needed stays RUNNING with ``pending_value`` set.
+    ``fixed`` user attr. A finished call is COMPLETE in the ledger's encoding (a diverged one
+    has ``diverged=True``). A speculative call whose result is not yet needed stays RUNNING
+    with ``pending_value`` set (None when it diverged).
     """
 
     def __init__(self, study: optuna.Study, system: CoordinateSystem) -> None:
@@ -216,15 +217,25 @@ class TrialStore:
             ours = t.state == TrialState.RUNNING and t.user_attrs.get(MARK)
             held = ours and "pending_value" in t.user_attrs
             if all(n in t.params for n in self.dists) and (t.state == TrialState.COMPLETE or held):
-                value = t.value if t.state == TrialState.COMPLETE else t.user_attrs["pending_value"]
-                handle = optuna.Trial(self.study, t._trial_id) if ours else None
-                call = _Call(t.params["seed"], t.number, handle, value=value,
-                             diverged=value == -math.inf, done=True, replayed=True)
+                value = ledger.outcome(t) if t.state == TrialState.COMPLETE else _pending(t)
+                handle = self._adopt(t) if ours else None
+                call = _Call(t.params["seed"], handle.number if ours else t.number, handle,
+                             value=value, diverged=value == -math.inf, done=True,
+                             replayed=True)
                 entry = (self.space.base_logs(t.params), t.params["seed"],
                          json.dumps(t.user_attrs.get("fixed", {}), sort_keys=True), call)
                 (self.stale if ours else self.complete).append(entry)
             elif ours:
                 self.study.tell(t.number, state=TrialState.FAIL)
+
+    def _adopt(self, t) -> optuna.Trial:
+        """A held trial of a killed tune, taken over: Optuna gives no handle on another
+        process's trial, so its params and attrs move to a new trial of ours and the old one
+        is FAILed (the value is reused, nothing runs again)."""
+        self.study.enqueue_trial(t.params, user_attrs={**t.user_attrs, "recovered_from": t.number})
+        trial = self.study.ask(self.dists)
+        self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        return trial
 
     def _drop_waiting(self) -> None:
         """Enqueued trials of a tune killed between enqueue and ask are popped and failed."""
@@ -269,28 +280,34 @@ class TrialStore:
             call.trial.set_user_attr(key, value)
 
     def hold(self, call: _Call) -> None:
-        call.trial.set_user_attr("pending_value", call.value)
+        call.trial.set_user_attr("pending_value", None if call.diverged else call.value)
 
     def finish(self, call: _Call, point: _Point) -> None:
-        if point.run is None:
-            call.trial.set_user_attr("speculative", True)
-        else:
-            call.trial.set_user_attr("run", point.run)
-            call.trial.set_user_attr("speculative", False)
-        call.trial.set_user_attr("diverged", call.diverged)
-        self.study.tell(call.number, call.value)
-        call.trial = None
+        attrs = {"speculative": True} if point.run is None else {"run": point.run,
+                                                                  "speculative": False}
+        self._complete(call, attrs)
 
     def fail(self, call: _Call) -> None:
-        self.study.tell(call.number, state=TrialState.FAIL)
+        reason = "cancelled" if call.cancelled else ledger.error_reason(call.error or
+                                                                        KeyboardInterrupt())
+        ledger.fail(self.study, call.trial, reason)
         call.trial = None
 
     def finish_stale(self) -> None:
         """Stale speculative results this tune never needed: record them as such."""
         for *_, call in self.stale:
-            call.trial.set_user_attr("speculative", True)
-            self.study.tell(call.number, call.value)
+            self._complete(call, {"speculative": True})
         self.stale.clear()
+
+    def _complete(self, call: _Call, attrs: dict) -> None:
+        ledger.complete(self.study, call.trial, None if call.diverged else call.value, attrs)
+        call.trial = None
+
+
+def _pending(t) -> float:
+    """A held speculative value (None, or −inf before the ledger's encoding: diverged)."""
+    value = t.user_attrs["pending_value"]
+    return -math.inf if value is None or t.user_attrs.get("diverged") else value
 
 
 def _fixed_json(space, params: Mapping) -> str:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from ridgeline.errors import RidgelineError, TuneError
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
-from ridgeline.runs import executors
-from ridgeline.runs import ledger as st
+from ridgeline.runs import executors, ledger
 from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
 from ridgeline.tuner.descent import LINE_SEARCHES, Objective, Run, TuneResult, tune
 from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
@@ -125,7 +124,7 @@ def tune_preset(
     if min_improvement is None:
         min_improvement = NOISE_FRACTION * preset.noise_std
     run_one = PresetObjective(objective, preset.name)
-    study = st.open_study(study_name or default_study_name(preset.name, label), storage)
+    study = ledger.open_study(study_name or default_study_name(preset.name, label), storage)
     with executors.make_executor(executor, workers, ray_address) as ex:
         pool, ok = ex.futures(), False
         try:
