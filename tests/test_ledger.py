@@ -311,3 +311,11 @@ def test_migration_rewrites_the_tuners_old_minus_inf(tmp_path):
     (t,) = st.open_study("t", path, create=False).trials
     assert changed == 2 and t.value == st.DIVERGED_VALUE and st.is_diverged(t)
     assert t.user_attrs["pending_value"] is None
+
+
+def test_a_resumed_study_at_another_thread_count_is_warned_about(tmp_path, capsys):
+    study = st.open_study("s", tmp_path / "j.journal")
+    st.complete_result(study, _claimed_trial(study), _result(threads=2))
+    assert st.warn_thread_mismatch(study, 2) is None
+    assert "1" in st.warn_thread_mismatch(study, 1) and "2" in capsys.readouterr().err
+    assert st.trial_to_result(study.trials[0]).threads == 2

@@ -119,6 +119,7 @@ def test_result_record_is_complete_and_round_trips_json(data):
     assert r.images_per_sec > 0 and r.wall_time >= r.train_time > 0
     assert r.precision == "bfloat16" and r.device == "cpu"
     assert {"torch", "python", "ridgeline"} <= set(r.versions)
+    assert r.threads == __import__("torch").get_num_threads() >= 1  # results depend on it
     assert RunResult.from_dict(__import__("json").loads(r.to_json())) == r
 
 

@@ -62,6 +62,9 @@ class RunResult:
     precision: str
     versions: dict
     extras: dict = field(default_factory=dict)
+    # CPU results depend on torch's thread count (oneDNN's reductions): a run reproduces for
+    # a given seed *and* thread count. None in records made before it was kept.
+    threads: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,4 +283,5 @@ def train(
         precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
         versions=versions(),
         extras={h.name: h.result() for h in hooks},
+        threads=torch.get_num_threads(),
     )

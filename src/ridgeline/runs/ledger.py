@@ -75,7 +75,8 @@ RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 # so reading a study does not import torch.
 RESULT_FIELDS = ("test_acc", "train_loss", "diverged", "epochs", "wall_time", "train_time",
                  "images_per_sec", "hparams", "preset", "seed", "device", "precision",
-                 "versions", "extras")
+                 "versions", "extras", "threads")
+OPTIONAL_FIELDS = ("threads",)  # absent from records written before it existed
 KEY_ATTR = "grid_key"  # user attr: identity of a grid point (hyperparameters, preset, seed)
 DIVERGED_ATTR = "diverged"
 FAILURE_ATTR = "failure"  # user attr on FAIL/PRUNED trials: why it did not complete
@@ -308,6 +309,7 @@ def point_params(hp: HParams, seed: int) -> dict:
 def result_dict(result) -> dict:
     """A RunResult (or its dict) as a plain dict with exactly RESULT_FIELDS."""
     d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    d = {f: None for f in OPTIONAL_FIELDS} | d
     missing = [f for f in RESULT_FIELDS if f not in d]
     if missing:
         raise RidgelineError(f"objective result lacks RunResult fields {missing}")
@@ -344,7 +346,27 @@ def trial_to_result(trial: FrozenTrial):
         return None
     from ridgeline.cifar.train import RunResult
 
-    return RunResult.from_dict({f: trial.user_attrs[f] for f in RESULT_FIELDS})
+    return RunResult.from_dict(result_dict(trial.user_attrs))
+
+
+def thread_counts(study: optuna.Study) -> set[int]:
+    """The CPU thread counts the study's finished runs recorded (see RunResult.threads)."""
+    return {t.user_attrs["threads"] for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("threads")}
+
+
+def warn_thread_mismatch(study: optuna.Study, threads: int | None) -> str | None:
+    """One warning line when this run's thread count differs from the study's earlier runs:
+    CPU results reproduce only at the same count, so the two sets would not agree exactly."""
+    before = thread_counts(study)
+    if not threads or not before or before == {threads}:
+        return None
+    counts = ", ".join(str(n) for n in sorted(before))
+    msg = (f"ridgeline: warning: study {study.study_name!r} holds runs made with {counts} CPU "
+           f"thread(s), this one uses {threads}: results depend on the thread count, so "
+           f"runs at different counts do not reproduce each other")
+    print(msg, file=sys.stderr)
+    return msg
 
 
 # ----------------------------------------------------------------------------- writing

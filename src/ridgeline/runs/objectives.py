@@ -31,6 +31,12 @@ class TrainObjective:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "data": None}  # workers load their own copy
 
+    def planned_threads(self) -> int:
+        """The torch threads each run of this objective will use."""
+        import torch
+
+        return self.threads or torch.get_num_threads()
+
     def __call__(self, hparams: HParams, preset: str, seed: int):
         import torch
 
@@ -73,6 +79,7 @@ def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
     return {"test_acc": None if diverged else float(out), "train_loss": None,
             "diverged": diverged, "epochs": [], "wall_time": seconds, "train_time": seconds,
             "images_per_sec": 0.0, "hparams": hp.to_dict(), "preset": preset, "seed": seed,
-            "device": "n/a", "precision": "n/a", "extras": {}, "versions": versions()}
+            "device": "n/a", "precision": "n/a", "extras": {}, "versions": versions(),
+            "threads": None}
 
 
