@@ -181,6 +181,21 @@ class InProcess(Executor):
         ended = Ended(token, value=value) if kind == "ok" else Ended(token, error=value)
         return _Done(token, ended)
 
+    def futures(self) -> cf.Executor:
+        return _Inline()
+
+
+class _Inline(cf.Executor):
+    """Single calls in the caller's thread, at submission (the tuner's workers=1)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # even KeyboardInterrupt: the search re-raises it
+            future.set_exception(exc)
+        return future
+
 
 @dataclass
 class _Done(Worker):

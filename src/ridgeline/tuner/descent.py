@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from ridgeline.errors import TuneError
+from ridgeline.runs.executors import InProcess
 from ridgeline.tuner.invariants import CoordinateSystem, paper_system
 from ridgeline.tuner.trials import (
     COMPLEMENT_MAX,
@@ -33,7 +34,6 @@ from ridgeline.tuner.trials import (
     SEED_MAX,
     Calls,
     Context,
-    Inline,
     Objective,
     TrialStore,
 )
@@ -135,7 +135,8 @@ def tune(
     _check_study(study, seeds, replicates, max_evals, workers)
     own = executor is None and workers > 1
     pool = ThreadPoolExecutor(workers) if own else executor
-    calls = Calls(TrialStore(study, system), objective, seeds, workers, pool or Inline())
+    pool = pool or InProcess().futures()
+    calls = Calls(TrialStore(study, system), objective, seeds, workers, pool)
     ok = False
     try:
         stopped = search.run(calls)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 import optuna
@@ -175,18 +175,6 @@ def _evaluate(objective: Objective, params: dict, seed: int) -> tuple[float, boo
     if value is None or not math.isfinite(value := float(value)):
         return -math.inf, True, attrs
     return value, False, attrs
-
-
-class Inline(Executor):
-    """workers=1: run each call at submission, in the caller's thread."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # even KeyboardInterrupt: the search re-raises it
-            future.set_exception(exc)
-        return future
 
 
 class TrialStore:
