@@ -12,7 +12,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -138,3 +140,46 @@ def test_bare_postgres_urls_get_an_installed_driver():
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the extra installs psycopg2."""
     assert st._pg_driver("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
     assert st._pg_driver("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+WRITER = """
+import sys, time
+from ridgeline.runs import ledger
+study = ledger.open_study("torn", sys.argv[1], create=False)
+trial = study.ask()
+ledger.sign(trial)
+print(trial.number, flush=True)
+i = 0
+while True:
+    trial.set_user_attr(f"k{i}", i)
+    i += 1
+"""
+
+
+def test_a_connection_killed_mid_transaction_loses_nothing_committed(tmp_path, postgres_url):
+    """PostgreSQL's answer to a torn journal line: a transaction cut off with its connection
+    is rolled back whole, so the study keeps every committed record and reads cleanly; the
+    trial whose writer died is found stale and FAILed like any other."""
+    import sqlalchemy
+
+    study = st.open_study("torn", postgres_url)
+    for i in range(3):
+        st.complete(study, study.ask(), i / 10)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, postgres_url], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    number = int(proc.stdout.readline())
+    time.sleep(1.0)  # mid-stream of single-statement transactions
+    engine = sqlalchemy.create_engine(st._pg_driver(postgres_url))
+    with engine.connect() as c:  # cut every other connection off, server side
+        c.execute(sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE pid <> pg_backend_pid() AND datname = 'postgres'"))
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    after = st.open_study("torn", postgres_url, create=False)
+    done = [t.value for t in after.trials if t.state == TrialState.COMPLETE]
+    assert done == [0.0, 0.1, 0.2]
+    attrs = after.trials[number].user_attrs
+    written = sorted(int(k[1:]) for k in attrs if k.startswith("k"))
+    assert written == list(range(len(written)))  # a prefix: no hole, nothing half-written
+    assert st.fail_stale(after) == [number]

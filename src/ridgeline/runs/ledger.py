@@ -531,6 +531,14 @@ def alive(trial: optuna.Trial, interval: float = 60.0) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- queue
 
+def ask(study: optuna.Study, distributions: Mapping | None = None) -> optuna.Trial:
+    """``study.ask`` for writers outside ``study.optimize`` (the tuner, the experiments):
+    Optuna warns that its RDB heartbeat needs optimize; their liveness is this module's shim."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        return study.ask(dict(distributions) if distributions else None)
+
+
 def waiting(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 

@@ -113,7 +113,7 @@ class StudyCache:
             return self.units[key]
         if self.read_only:
             raise NotCached(f"unit {key} is not in study {self.study.study_name!r}")
-        trial = self.study.ask()
+        trial = ledger.ask(self.study)
         trial.set_user_attr(UNIT_ATTR, key)
         t0 = time.perf_counter()
         try:

@@ -221,7 +221,7 @@ class TrialStore:
         process's trial, so its params and attrs move to a new trial of ours and the old one
         is FAILed (the value is reused, nothing runs again)."""
         self.study.enqueue_trial(t.params, user_attrs={**t.user_attrs, "recovered_from": t.number})
-        trial = self.study.ask(self.dists)
+        trial = ledger.ask(self.study, self.dists)
         self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         return trial
 
@@ -234,7 +234,7 @@ class TrialStore:
                 "creates its trials through the queue and would take them over: run them first"
             )
         for _ in waiting:
-            self.study.tell(self.study.ask().number, state=TrialState.FAIL)
+            self.study.tell(ledger.ask(self.study).number, state=TrialState.FAIL)
 
     def replay(self, params: Mapping, seed: int) -> _Call | None:
         logs = self.space.base_logs(params)
@@ -256,7 +256,7 @@ class TrialStore:
             "replicate": replicate, "fixed": json.loads(_fixed_json(self.space, ctx.params)),
         }
         self.study.enqueue_trial(params, user_attrs=attrs)
-        trial = self.study.ask(self.dists)
+        trial = ledger.ask(self.study, self.dists)
         if trial.params != params:
             raise TuneError(f"trial {trial.number} was taken over by another process")
         return _Call(seed, trial.number, trial)
