@@ -70,8 +70,9 @@ from tuner_synthetic import ask_tell, figure, summarise, versions  # noqa: E402
 from ridgeline.errors import RidgelineError  # noqa: E402
 from ridgeline.presets import get_preset  # noqa: E402
 from ridgeline.runs import ledger as st  # noqa: E402
+from ridgeline.tuner import settings  # noqa: E402
 from ridgeline.tuner.invariants import paper_system, raw_system  # noqa: E402
-from ridgeline.tuner.tune import NOISE_FRACTION, STARTS, tune  # noqa: E402
+from ridgeline.tuner.tune import STARTS, tune  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_tabular.json"
@@ -288,8 +289,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     table.added_noise = args.add_noise
     measured = math.hypot(table.noise_std() or 0.0, args.add_noise)  # what a lookup varies by
-    sigma = measured or 100 * preset.noise_std
-    threshold = NOISE_FRACTION * sigma
+    sigma = measured or 100 * (preset.noise_std or 0.0)  # 0 where the preset states none
+    threshold = settings.threshold(sigma)
     starts = grid_starts(table, preset) if args.starts == "grid" else {
         name: preset.hparams.replace(**change).to_dict() for name, change in STARTS.items()}
     t0 = time.process_time()

@@ -277,7 +277,7 @@ def test_src_uses_no_private_optuna_api():
     import re
 
     src = pathlib.Path(st.__file__).parents[1]
-    private = re.compile(r"\._storage\b|\._trial_id\b|\._backend\b")
+    private = re.compile(r"\._storage\b|\._trial_id\b|\._backend\b|\._study_id\b")
     hits = [f"{p}:{i}" for p in src.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
     assert hits == []

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ridgeline.reproduce import pipeline as reproduce
+from ridgeline.reproduce import plan as planning
 from ridgeline.reproduce import report
 from ridgeline.science import experiments
 from tests.synthetic import fake_cifar
@@ -33,7 +34,7 @@ def built(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("report")
-    plan = reproduce.Plan("tiny", "test", 1.0, "test", steps=(5, 4), seeds=1, tune=(5, 3),
+    plan = planning.Plan("tiny", "test", 1.0, "test", steps=(5, 4), seeds=1, tune=(5, 3),
                           diagnostics=("b", "c", "a"))
     opts = reproduce.Options("tests.test_reproduce:fake_objective", fake_cifar(256, 50),
                              device="cpu", progress=False)

@@ -12,6 +12,7 @@ from ridgeline.cli import main
 from ridgeline.errors import RidgelineError
 from ridgeline.presets import PRESETS
 from ridgeline.reproduce import pipeline as reproduce
+from ridgeline.reproduce import plan as planning
 from ridgeline.runs import ledger as st
 from ridgeline.science import experiments
 from tests.synthetic import call_log, fake_cifar, log_call
@@ -51,18 +52,18 @@ def calls(tmp_path) -> list[str]:
     ("90 min", None, 5400), ("5400s", None, 5400), ("2 hours", None, 7200),
 ])
 def test_budget_strings(text, runs, seconds):
-    b = reproduce.parse_budget(text)
+    b = planning.parse_budget(text)
     assert (b.runs, b.seconds) == (runs, seconds)
 
 
 @pytest.mark.parametrize("text", ["3x", "", "h", "1.5", "-2", "0", "0h", "3 h 20"])
 def test_bad_budget_strings_are_errors(text):
     with pytest.raises(RidgelineError, match="--budget"):
-        reproduce.parse_budget(text)
+        planning.parse_budget(text)
 
 
-def plan(budget: str, preset="cpu-mini", seconds=90.0) -> reproduce.Plan:
-    return reproduce.make_plan(preset, reproduce.parse_budget(budget), seconds, "test")
+def plan(budget: str, preset="cpu-mini", seconds=90.0) -> planning.Plan:
+    return planning.make_plan(preset, planning.parse_budget(budget), seconds, "test")
 
 
 def test_cpu_mini_plans_at_three_hours_and_at_sixty_runs():
@@ -74,7 +75,7 @@ def test_cpu_mini_plans_at_three_hours_and_at_sixty_runs():
 
 
 def test_ladder_only_adds_and_costs_more_at_each_rung():
-    rungs = reproduce.ladder("cpu-mini", "x", 90.0, "test")
+    rungs = planning.ladder("cpu-mini", "x", 90.0, "test")
     for lo, hi in zip(rungs, rungs[1:], strict=False):
         assert hi.cost > lo.cost
         assert hi.steps >= lo.steps and hi.seeds >= lo.seeds
@@ -96,7 +97,14 @@ def test_plan_is_monotone_in_budget_and_fits_it():
         previous = p
     hours = [plan(f"{h}h") for h in (1, 2, 3, 6, 12, 24, 48)]
     assert [p.cost for p in hours] == sorted(p.cost for p in hours)
-    assert plan("1000h").cost == reproduce.ladder("cpu-mini", "x", 90.0, "t")[-1].cost
+    assert plan("1000h").cost == planning.ladder("cpu-mini", "x", 90.0, "t")[-1].cost
+
+
+def test_the_plan_notes_a_tuner_threshold_of_zero_where_the_noise_is_unknown():
+    assert "note" not in plan("3h").describe()
+    tiny = plan("3h", preset="tiny", seconds=2.0).describe()
+    assert "note: tiny states no noise_std" in tiny and "threshold is 0" in tiny
+    assert "note" not in plan("36", preset="tiny").describe()  # no tuner, nothing to note
 
 
 def test_a_budget_below_the_smallest_plan_names_the_minimum():
@@ -106,13 +114,15 @@ def test_a_budget_below_the_smallest_plan_names_the_minimum():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_rung_is_a_valid_grid_of_every_preset(preset):
-    for rung in reproduce.ladder(preset, "x", 1.0, "test"):
+    for rung in planning.ladder(preset, "x", 1.0, "test"):
         assert len(rung.grids()) == 3
 
 
-def test_cost_is_measured_from_finished_runs_else_the_preset_default(env):
+def test_cost_is_measured_from_finished_runs_else_the_presets_stated_estimate(env):
     journal = env / "s.journal"
-    assert reproduce.estimate_run_seconds(journal, "cpu-mini") == (90.0, "cpu-mini default")
+    seconds, source = planning.estimate_run_seconds(journal, "cpu-mini")
+    assert seconds == PRESETS["cpu-mini"].run_seconds == 90.0
+    assert source.startswith("the cpu-mini preset's stated estimate: no finished cpu-mini run")
     assert not journal.exists()  # estimating never creates the storage
     study = st.open_study("lr-wd-cpu-mini", journal)
     for wall, diverged, preset in [(60, False, "cpu-mini"), (70, False, "cpu-mini"),
@@ -120,8 +130,8 @@ def test_cost_is_measured_from_finished_runs_else_the_preset_default(env):
                                    (500, False, "paper")]:
         study.add_trial(optuna.trial.create_trial(
             value=0.8, user_attrs={"preset": preset, "diverged": diverged, "wall_time": wall}))
-    seconds, source = reproduce.estimate_run_seconds(journal, "cpu-mini")
-    assert seconds == 70 and source.startswith("median of 3 finished cpu-mini runs")
+    seconds, source = planning.estimate_run_seconds(journal, "cpu-mini")
+    assert seconds == 70 and source.startswith("measured: median of 3 finished cpu-mini runs")
 
 
 def test_runs_made_in_parallel_count_at_the_rate_they_were_made(env):
@@ -136,7 +146,7 @@ def test_runs_made_in_parallel_count_at_the_rate_they_were_made(env):
         trial.datetime_start, trial.datetime_complete = start, start + datetime.timedelta(
             seconds=119)
         study.add_trial(trial)
-    assert reproduce.estimate_run_seconds(journal, "cpu-mini")[0] == 60
+    assert planning.estimate_run_seconds(journal, "cpu-mini")[0] == 60
 
 
 # ----------------------------------------------------------------------------- resumption
@@ -150,9 +160,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def small_plan(**kw) -> reproduce.Plan:
+def small_plan(**kw) -> planning.Plan:
     base = dict(steps=(3, 3), seeds=1, tune=(5, 3), diagnostics=("c",))
-    return reproduce.Plan("tiny", "test", 1.0, "test", **{**base, **kw})
+    return planning.Plan("tiny", "test", 1.0, "test", **{**base, **kw})
 
 
 def test_reproduce_resumes_after_an_interrupt_and_then_runs_nothing(env, monkeypatch,
@@ -173,7 +183,7 @@ def test_reproduce_resumes_after_an_interrupt_and_then_runs_nothing(env, monkeyp
     assert calls(env) == done and again["ran"] == {"landscapes": 0, "tuner": 0, "diagnostics": 0}
     diag = st.open_study(experiments.study_name("tiny"), journal, create=False)
     assert [t.state for t in diag.trials] == [TrialState.COMPLETE] * 3
-    sessions = reproduce.stored(journal, "tiny")[reproduce.SESSIONS_ATTR]
+    sessions = planning.stored(journal, "tiny")[planning.SESSIONS_ATTR]
     # an interrupted sweep adds no count: its one finished run is left out
     assert [sum(s["ran"].values()) for s in sessions] == [18, 8 + 8 + 3, 0]
 
@@ -198,12 +208,12 @@ def test_an_interrupted_experiment_unit_is_failed_and_run_again(env):
 
 def test_the_stored_plan_is_kept_for_the_same_budget(env):
     journal = env / "s.journal"
-    p = reproduce.plan_for("cpu-mini", reproduce.parse_budget("3h"), journal)
-    st.open_study(reproduce.control_name("cpu-mini"), journal).set_user_attr(
-        reproduce.PLAN_ATTR, {**p.to_dict(), "run_seconds": 45.0})  # as if measured since
-    kept = reproduce.plan_for("cpu-mini", reproduce.parse_budget("3h"), journal)
+    p = planning.plan_for("cpu-mini", planning.parse_budget("3h"), journal)
+    planning.store(journal, "cpu-mini", planning.PLAN_ATTR,
+                   {**p.to_dict(), "run_seconds": 45.0})  # as if measured since
+    kept = planning.plan_for("cpu-mini", planning.parse_budget("3h"), journal)
     assert kept.run_seconds == 45.0 and kept.steps == p.steps
-    assert reproduce.plan_for("cpu-mini", reproduce.parse_budget("4h"), journal).budget == "4h"
+    assert planning.plan_for("cpu-mini", planning.parse_budget("4h"), journal).budget == "4h"
 
 
 # ----------------------------------------------------------------------------- CLI

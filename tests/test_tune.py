@@ -10,6 +10,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from ridgeline.runs import ledger as st
+from ridgeline.tuner import report as tuner_report
 from ridgeline.tuner.invariants import paper_system
 from ridgeline.tuner.tune import TuneError, tune
 
@@ -261,11 +262,16 @@ def test_parallel_with_a_caller_executor_and_an_interrupted_resume():
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
-def test_history_table():
+def test_pages_table_is_one_row_per_run_with_the_new_bests_marked():
     result = tune(bowl((2, -1, 0)), START, new_study())
-    lines = result.history_table().splitlines()
-    assert "λα/(1−ρ)" in lines[0] and len(lines) == result.n_runs + 1
-    assert lines[1].split()[0] == "1" and lines[1].endswith("*")
+    cells = tuner_report.table(result)
+    assert len(cells) == result.n_runs and {len(c) for c in cells} == {len(tuner_report.HEADER)}
+    assert cells[0][:2] == ["1", "start"] and cells[0][-1].endswith("** *")
+    lines = tuner_report.markdown_table(result).splitlines()
+    assert lines[0] == "| run | step | λ | ρ | α | λα/(1−ρ) | test accuracy |"
+    assert len(lines) == result.n_runs + 2
+    plain = tuner_report.table(result, accuracy=lambda v: "x", new_best="{} (new best)")
+    assert plain[0][-1] == "x (new best)"
 
 
 def u_offsets(result):

@@ -34,6 +34,11 @@ def accuracy(k_lr, k_mom, k_wd, seed):
     return 85 - 1.5 * x_u**2 - 0.2 * k_mom**2 - 0.2 * (k_wd - 1) ** 2 + 0.2 * (-1) ** seed
 
 
+def _value(result) -> float:
+    value = st.result_value(result)
+    return st.DIVERGED_VALUE if value is None else value
+
+
 @pytest.fixture(scope="module")
 def storage():
     """A study as real sweeps would leave it: RunResult attrs on COMPLETE trials, 2 seeds."""
@@ -52,7 +57,7 @@ def storage():
                     result = as_result(None if acc is None else acc / 100, hp, "cpu-mini",
                                        seed, 1.0)
                     study.add_trial(create_trial(
-                        state=TrialState.COMPLETE, value=st.trial_value(result),
+                        state=TrialState.COMPLETE, value=_value(result),
                         user_attrs=st.result_to_attrs(result)))
     return study._storage
 
@@ -95,7 +100,7 @@ def test_every_method_runs_and_coordinate_descent_finds_the_target(table):
 
 
 def test_main_writes_json_and_figure(storage, tmp_path, monkeypatch):
-    monkeypatch.setattr(tab.st, "open_storage", lambda ref=None: storage)
+    monkeypatch.setattr(tab.st, "open_storage", lambda ref=None, **kw: storage)
     out_json, out_png = tmp_path / "t.json", tmp_path / "t.png"
     tab.main(["--reps", "2", "--cap", "15", "--out-json", str(out_json),
               "--out-png", str(out_png)])
@@ -133,7 +138,7 @@ def test_added_noise_is_fixed_per_point_for_cd_and_moves_the_threshold(storage, 
     residual = np.array(others) - np.array(clean)
     assert 0.6 < residual.std() < 1.5  # N(0, 1) on top of the seed's value
 
-    monkeypatch.setattr(tab.st, "open_storage", lambda ref=None: storage)
+    monkeypatch.setattr(tab.st, "open_storage", lambda ref=None, **kw: storage)
     out_json = tmp_path / "t.json"
     tab.main(["--reps", "1", "--cap", "10", "--add-noise", "0.5", "--out-json", str(out_json),
               "--out-png", str(tmp_path / "t.png")])

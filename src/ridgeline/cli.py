@@ -205,6 +205,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from ridgeline.reproduce import pipeline as reproduce
+    from ridgeline.reproduce import plan as planning
     from ridgeline.reproduce import report
     from ridgeline.runs import ledger
     from ridgeline.runs.objectives import TrainObjective
@@ -216,7 +217,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         paths = report.write_report(args.storage, preset.name, out, command)
         print(f"report: {paths['html']}, {paths['md']}")
         return
-    plan = reproduce.plan_for(preset.name, reproduce.parse_budget(args.budget), args.storage)
+    plan = planning.plan_for(preset.name, planning.parse_budget(args.budget), args.storage)
     print(plan.describe())
     label = ledger.storage_label(args.storage or ledger.default_storage())
     print(f"storage {label}; report in {out}/")

@@ -22,13 +22,17 @@ from ridgeline.hparams import HParams
 SYMBOLS = {"lr": "λ", "momentum": "ρ", "weight_decay": "α", "batch_size": "N"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
+    """A training set-up. ``noise_std`` and ``run_seconds`` have no defaults: a preset states
+    what is known of its noise and cost, or says (None) that its noise is unknown."""
+
     name: str
     hparams: HParams
+    noise_std: float | None  # seed-to-seed std of test accuracy (fraction); None: not measured
+    run_seconds: float  # wall-clock seconds per run, for plans made before any run is measured
     width: float = 1.0
     train_size: int | None = None  # None: all 50,000 training images
-    noise_std: float = 0.0  # measured seed-to-seed std of test accuracy (fraction), 0 = unknown
     description: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -38,6 +42,8 @@ PRESETS: dict[str, Preset] = {
         name="paper",
         hparams=HParams(lr=0.4, momentum=0.9, weight_decay=5e-4, batch_size=512,
                         epochs=24, warmup_epochs=5),
+        noise_std=None,  # not measured here: the tuner's threshold is 0
+        run_seconds=80.0,  # Page's 79 s on a V100, rounded up
         width=1.0,
         train_size=None,
         description="Page's DAWNBench ResNet-9: 94% in 24 epochs (79 s on a V100).",
@@ -48,9 +54,11 @@ PRESETS: dict[str, Preset] = {
         name="cpu-mini",
         hparams=HParams(lr=0.2, momentum=0.9, weight_decay=5e-4, batch_size=64,
                         epochs=12, warmup_epochs=2.5),
+        noise_std=0.0033,  # docs/cpu-mini.md: std of 3 seeds at these defaults, 0.33 pp
+        # docs/cpu-mini.md: 78 s (80 s per command) on an idle 2-core EPYC, rounded up to 90
+        run_seconds=90.0,
         width=0.25,
         train_size=10_000,
-        noise_std=0.0033,
         description="Quarter-width ResNet-9 on 10k images, 12 epochs, N=64: ~75 s on 2 cores.",
     ),
     # For tests and smoke runs only: seconds, not minutes. Not a meaningful objective.
@@ -58,6 +66,8 @@ PRESETS: dict[str, Preset] = {
         name="tiny",
         hparams=HParams(lr=0.2, momentum=0.9, weight_decay=5e-4, batch_size=32,
                         epochs=2, warmup_epochs=0.5),
+        noise_std=None,  # never measured: not a meaningful objective
+        run_seconds=2.0,  # a rough figure for a smoke run on 2 cores (the tests plan with it)
         width=0.125,
         train_size=256,
         description="Smoke-test preset: 1/8 width, 256 images, 2 epochs.",

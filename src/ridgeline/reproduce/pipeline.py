@@ -2,273 +2,31 @@
 
 What runs, in order: the paper's three landscapes (lr-batch, lr-momentum, lr-wd sweeps), the
 tuner from Page's bad start and from the preset's sensible one, and the flatness experiments
-of ``science.experiments``; then ``reproduce.report`` writes one report from the storage.
-
-Planning. A budget is a number of runs or a duration; a duration becomes runs at an estimated
-cost per run, measured (the median wall time of the preset's finished runs in the storage) or
-else the preset's default. The plan is the last rung of ``LADDER`` that fits: each rung adds to
-the one before (finer grids, more seeds, longer tunes, another experiment), so a larger budget
-never buys less of anything. Tuner rungs are caps: a tune that converges stops early.
+of ``science.experiments``; then ``reproduce.report`` writes one report from the storage. What
+to run within a budget, and the stored plan, are ``reproduce.plan``'s.
 
 Resumption. Everything lives in one Optuna storage: sweeps and tunes resume through their
-studies, the experiments through ``experiments.StudyCache`` (study ``diagnostics-PRESET``). The
-plan itself is stored (study ``reproduce-PRESET``) and reused while ``--budget`` is unchanged,
-so a re-run resumes the same work even after the measured cost per run has changed.
+studies, the experiments through ``experiments.StudyCache`` (study ``diagnostics-PRESET``), and
+the plan is reused while ``--budget`` is unchanged (``plan.plan_for``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import os
-import platform
-import re
-import socket
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-
-from optuna.trial import TrialState
+from dataclasses import dataclass
 
 from ridgeline.errors import RidgelineError
 from ridgeline.landscape import sweep
-from ridgeline.landscape.grid import SLICES, GridSpec, make_grid
 from ridgeline.presets import get_preset
+from ridgeline.reproduce import plan as planning
+from ridgeline.reproduce import report
 from ridgeline.runs import ledger
 from ridgeline.science import experiments
 from ridgeline.tuner import report as tuner_report
 from ridgeline.tuner import tune
 
-# Seconds per run when the storage has no finished run of the preset to measure (paper: Page's
-# 79 s on a V100; cpu-mini: docs/cpu-mini.md's ~75 s on 2 cores, rounded up).
-DEFAULT_RUN_SECONDS = {"paper": 80.0, "cpu-mini": 90.0, "tiny": 2.0}
-FALLBACK_RUN_SECONDS = 90.0
-FP32_COST = 2.0  # (a) trains in fp32, about twice a bf16 run (README: bf16 is ~2× faster)
-MIN_RUN_SECONDS = 1e-3  # a measured median below this (fake objectives) is clamped
-STARTS = ("bad", "sensible")
-PLAN_ATTR = "plan"  # user attrs of the control study
-SETUP_ATTR = "diagnostics_setup"
-SESSIONS_ATTR = "sessions"
-
-# Each rung changes the plan before it; every change only adds. Grid steps are (λ, other axis):
-# λ gets more points because the ridge fit locates the best λ of each row by a parabola. Tuner
-# caps are Page's 22 runs from the bad start and < 10 from the sensible one, with the lower
-# rung cutting the bad-start climb short and the higher ones leaving the noise threshold room.
-LADDER: tuple[dict, ...] = (
-    {"steps": (4, 3), "seeds": 1},
-    {"tune": (12, 6)},
-    {"tune": (22, 10)},
-    {"steps": (5, 4)},
-    {"steps": (6, 4)},
-    {"steps": (6, 5)},
-    {"diagnostics": ("b",)},
-    {"diagnostics": ("b", "c")},
-    {"diagnostics": ("b", "c", "a")},
-    {"seeds": 2},
-    {"tune": (30, 15)},
-    {"steps": (7, 5)},
-    {"steps": (7, 6)},
-    {"seeds": 3},
-    {"tune": (40, 20)},
-    {"steps": (9, 7)},
-)
-
-
-# ----------------------------------------------------------------------------- budget
-
-@dataclass(frozen=True)
-class Budget:
-    text: str
-    runs: int | None = None
-    seconds: float | None = None
-
-    def in_runs(self, run_seconds: float) -> float:
-        return self.runs if self.runs is not None else self.seconds / run_seconds
-
-
-_UNITS = {"h": 3600, "hour": 3600, "hours": 3600, "m": 60, "min": 60, "mins": 60,
-          "minute": 60, "minutes": 60, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1}
-_BUDGET_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*")
-
-
-def parse_budget(text: str) -> Budget:
-    """``"120"`` → 120 runs; ``"3h"``, ``"90m"``, ``"5400s"`` → a duration."""
-    m = _BUDGET_RE.fullmatch(str(text).lower())
-    if not m or (m[2] and m[2] not in _UNITS) or (not m[2] and not m[1].isdigit()):
-        raise RidgelineError(f"bad --budget {text!r}: give a whole number of runs (e.g. 120) "
-                             f"or a duration (e.g. 3h, 90m, 5400s)")
-    value = float(m[1])
-    if value <= 0:
-        raise RidgelineError(f"bad --budget {text!r}: it must be more than 0")
-    if not m[2]:
-        return Budget(str(text), runs=int(m[1]))
-    return Budget(str(text), seconds=value * _UNITS[m[2]])
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
-
-
-# ----------------------------------------------------------------------------- plan
-
-@dataclass(frozen=True)
-class Plan:
-    preset: str
-    budget: str
-    run_seconds: float  # estimated cost of one run
-    cost_source: str  # where run_seconds came from
-    steps: tuple[int, int] = (4, 3)  # per slice: λ values × values of the other axis
-    seeds: int = 1  # per grid point and per experiment setting
-    tune: tuple[int, int] = (0, 0)  # max runs from the bad and the sensible start (0: none)
-    diagnostics: tuple[str, ...] = ()  # experiments: "a", "b", "c"
-
-    @property
-    def slice_runs(self) -> int:
-        return len(SLICES) * self.steps[0] * self.steps[1] * self.seeds
-
-    @property
-    def diagnostics_cost(self) -> float:
-        """In runs of the preset: (a)'s fp32 runs count FP32_COST each."""
-        with_b = "b" in self.diagnostics
-        runs = {k: experiments.planned_runs(k, self.seeds, with_b) for k in self.diagnostics}
-        return sum(n * (FP32_COST if k == "a" else 1.0) for k, n in runs.items())
-
-    @property
-    def cost(self) -> float:
-        """Runs at most (the tuner may stop early)."""
-        return self.slice_runs + sum(self.tune) + self.diagnostics_cost
-
-    def grids(self) -> dict[str, GridSpec]:
-        return {name: make_grid(name, self.preset, None, self.steps, None, self.seeds)
-                for name in SLICES}
-
-    def tune_evals(self) -> dict[str, int]:
-        return dict(zip(STARTS, self.tune, strict=True))
-
-    def describe(self) -> str:
-        """The plan as printed before anything runs."""
-        a, b = self.steps
-        seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
-        tuner = (f"bad start ≤ {self.tune[0]} runs, sensible start ≤ {self.tune[1]} runs"
-                 if any(self.tune) else "not run (budget)")
-        rows = [("landscapes", f"{', '.join(SLICES)}: {a} λ × {b} values, {seeds}",
-                 self.slice_runs),
-                ("tuner", tuner, sum(self.tune)),
-                ("diagnostics", self._describe_diagnostics(), self.diagnostics_cost),
-                ("total", f"at most; about {_duration(self.cost * self.run_seconds)}",
-                 self.cost)]
-        lines = [f"plan for {self.preset}, budget {self.budget}: {self.run_seconds:.3g} s per "
-                 f"run ({self.cost_source})"]
-        lines += [f"  {label:<12} {text:<62} {runs:>5g} runs" if runs else f"  {label:<12} {text}"
-                  for label, text, runs in rows]
-        return "\n".join(lines)
-
-    def _describe_diagnostics(self) -> str:
-        run = [experiments.TITLES[k] for k in experiments.EXPERIMENTS if k in self.diagnostics]
-        skipped = [experiments.TITLES[k] for k in experiments.EXPERIMENTS
-                   if k not in self.diagnostics]
-        if not run:
-            return "not run (budget)"
-        return ", ".join(run) + (f"; not run (budget): {', '.join(skipped)}" if skipped else "")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Plan:
-        return cls(**{**d, "steps": tuple(d["steps"]), "tune": tuple(d["tune"]),
-                      "diagnostics": tuple(d["diagnostics"])})
-
-
-def ladder(preset: str, budget: str, run_seconds: float, cost_source: str) -> list[Plan]:
-    """Every rung, cheapest first."""
-    plan = Plan(preset, budget, run_seconds, cost_source)
-    rungs = []
-    for change in LADDER:
-        plan = replace(plan, **change)
-        rungs.append(plan)
-    return rungs
-
-
-def make_plan(preset: str, budget: Budget, run_seconds: float, cost_source: str) -> Plan:
-    """The largest rung within ``budget``; an error naming the minimum when none fits."""
-    rungs = ladder(get_preset(preset).name, budget.text, run_seconds, cost_source)
-    limit = budget.in_runs(run_seconds)
-    fitting = [p for p in rungs if p.cost <= limit + 1e-9]
-    if not fitting:
-        least = rungs[0]
-        raise RidgelineError(
-            f"--budget {budget.text} ({limit:.3g} runs at {run_seconds:.3g} s/run) is below "
-            f"the smallest plan, {least.cost:g} runs ({len(SLICES)} landscapes of "
-            f"{least.steps[0]}×{least.steps[1]}, 1 seed): give at least {least.cost:g} runs "
-            f"or {_duration(least.cost * run_seconds)}")
-    fitting[-1].grids()  # a grid this preset cannot hold fails here, before anything runs
-    return fitting[-1]
-
-
-# ----------------------------------------------------------------------------- storage
-
-def control_name(preset: str) -> str:
-    return f"reproduce-{preset}"
-
-
-def storage_exists(storage) -> bool:
-    """False for a journal file that does not exist yet (reading must not create it)."""
-    ref = ledger.default_storage() if storage is None else storage
-    return "://" in str(ref) or Path(str(ref)).is_file()
-
-
-def estimate_run_seconds(storage, preset: str) -> tuple[float, str]:
-    """Seconds of wall clock per run: the median over the preset's finished, non-diverged runs
-    in ``storage`` (sweeps and tunes) of wall time ÷ how many of them ran at its midpoint, so
-    runs made by parallel workers count at the rate they were made. Else the preset's default."""
-    runs = []  # (wall time, start, end)
-    if storage_exists(storage):
-        s = ledger.open_storage(storage)
-        for study in s.get_all_studies():
-            for t in s.get_all_trials(study._study_id, deepcopy=False,
-                                      states=(TrialState.COMPLETE,)):
-                a = t.user_attrs
-                if a.get("preset") == preset and a.get("diverged") is False and a.get(
-                        "wall_time"):
-                    runs.append((float(a["wall_time"]), t.datetime_start, t.datetime_complete))
-    if not runs:
-        return DEFAULT_RUN_SECONDS.get(preset, FALLBACK_RUN_SECONDS), f"{preset} default"
-    spans = [(a, b) for _, a, b in runs if a and b]
-    per_run = []
-    for wall, a, b in runs:
-        mid = a + (b - a) / 2 if a and b else None
-        overlap = sum(lo < mid < hi for lo, hi in spans) if mid else 1
-        per_run.append(wall / max(overlap, 1))
-    return (max(statistics.median(per_run), MIN_RUN_SECONDS),
-            f"median of {len(runs)} finished {preset} runs in the storage, "
-            f"per run in parallel")
-
-
-def stored(storage, preset: str) -> dict:
-    """The control study's user attrs ({} when there is none)."""
-    if not storage_exists(storage):
-        return {}
-    name = control_name(preset)
-    if name not in ledger.study_names(storage):
-        return {}
-    return ledger.open_study(name, storage, create=False).user_attrs
-
-
-def plan_for(preset: str, budget: Budget, storage=None) -> Plan:
-    """The stored plan when it was made for this budget (so a re-run resumes the same work),
-    else a new one at the current cost estimate."""
-    preset = get_preset(preset).name
-    old = stored(storage, preset).get(PLAN_ATTR)
-    if old is not None and old["budget"] == budget.text:
-        return Plan.from_dict(old)
-    return make_plan(preset, budget, *estimate_run_seconds(storage, preset))
-
-
-# ----------------------------------------------------------------------------- running
 
 @dataclass
 class Options:
@@ -284,24 +42,22 @@ class Options:
     progress: bool = True
 
 
-def run(plan: Plan, storage=None, out=None, options: Options | None = None, command: str = "",
-        say: Callable[[str], None] = print) -> dict:
+def run(plan: planning.Plan, storage=None, out=None, options: Options | None = None,
+        command: str = "", say: Callable[[str], None] = print) -> dict:
     """Run (or resume) ``plan`` in ``storage``, then write the report to ``out``; returns how
     many runs each section made now, and the report's paths."""
-    from ridgeline.reproduce import report
-
     opts = options or Options()
     storage = ledger.default_storage() if storage is None else storage
-    control = ledger.open_study(control_name(plan.preset), storage)
-    control.set_user_attr(PLAN_ATTR, plan.to_dict())
+    planning.store(storage, plan.preset, planning.PLAN_ATTR, plan.to_dict())
     ran: Counter = Counter()
     started, t0, failed = time.time(), time.perf_counter(), 0
     try:
         failed = run_landscapes(plan, storage, opts, ran, say)
         run_tuner(plan, storage, opts, ran, say)
-        run_diagnostics(plan, storage, opts, control, ran, say)
+        run_diagnostics(plan, storage, opts, ran, say)
     finally:
-        record_session(control, started, time.perf_counter() - t0, ran, command)
+        planning.record_session(storage, plan.preset, started, time.perf_counter() - t0, ran,
+                                command)
     paths = report.write_report(storage, plan.preset, out or f"reproduce-{plan.preset}",
                                 command)
     if failed:
@@ -310,7 +66,7 @@ def run(plan: Plan, storage=None, out=None, options: Options | None = None, comm
     return {"ran": dict(ran), **paths}
 
 
-def run_landscapes(plan: Plan, storage, opts: Options, ran: Counter, say) -> int:
+def run_landscapes(plan: planning.Plan, storage, opts: Options, ran: Counter, say) -> int:
     """The three sweeps; returns how many runs failed (they are retried by the next call)."""
     failed = 0
     for name, spec in plan.grids().items():
@@ -322,27 +78,20 @@ def run_landscapes(plan: Plan, storage, opts: Options, ran: Counter, say) -> int
     return failed
 
 
-def tune_settings(preset) -> dict:
-    """The tuner's settings, given explicitly so that the report's replay of a tune
-    (report.replay_tune) makes the same decisions."""
-    return {"line_search": "accelerate",
-            "min_improvement": tune.NOISE_FRACTION * preset.noise_std}
-
-
-def run_tuner(plan: Plan, storage, opts: Options, ran: Counter, say) -> None:
+def run_tuner(plan: planning.Plan, storage, opts: Options, ran: Counter, say) -> None:
+    """Both tunes at the tuner's default settings, which the report's replay uses too."""
     for start, evals in plan.tune_evals().items():
         if not evals:
             continue
         result = tune.tune_preset(
             plan.preset, start, storage, objective=opts.objective, max_evals=evals,
             executor=opts.executor, workers=opts.workers, ray_address=opts.ray_address,
-            on_run=tuner_report.Progress(evals) if opts.progress else None,
-            **tune_settings(get_preset(plan.preset)))
+            on_run=tuner_report.Progress(evals) if opts.progress else None)
         say(f"tuner from the {start} start: {tuner_report.summary(result)}")
         ran["tuner"] += result.n_calls
 
 
-def diagnostics_setup(plan: Plan, opts: Options) -> experiments.Setup:
+def diagnostics_setup(plan: planning.Plan, opts: Options) -> experiments.Setup:
     def load():
         from ridgeline.cifar.data import load_cifar10
 
@@ -352,55 +101,17 @@ def diagnostics_setup(plan: Plan, opts: Options) -> experiments.Setup:
                              device=opts.device, precision=opts.precision)
 
 
-def run_diagnostics(plan: Plan, storage, opts: Options, control, ran: Counter, say) -> None:
+def run_diagnostics(plan: planning.Plan, storage, opts: Options, ran: Counter,
+                    say) -> None:
     """The planned experiments, in-process (a few runs each), one trial per unit."""
     if not plan.diagnostics:
         return
     setup = diagnostics_setup(plan, opts)
-    control.set_user_attr(SETUP_ATTR, {"every": setup.every, "precision": setup.precision})
+    planning.store(storage, plan.preset, planning.SETUP_ATTR,
+                   {"every": setup.every, "precision": setup.precision})
     cache = experiments.StudyCache(ledger.open_study(experiments.study_name(plan.preset), storage))
     for kind in plan.diagnostics:
         before = cache.computed
         experiments.run(kind, setup, cache)
         say(f"diagnostics {experiments.TITLES[kind]}: {cache.computed - before} runs now")
     ran["diagnostics"] += cache.computed
-
-
-def record_session(control, started: float, seconds: float, ran: Counter,
-                   command: str) -> None:
-    """Append this call (when, how long, where, with what) to the control study."""
-    sessions = list(control.user_attrs.get(SESSIONS_ATTR, []))
-    sessions.append({"started": dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-                     "seconds": seconds, "ran": dict(ran), "command": command,
-                     "machine": machine(), "versions": library_versions()})
-    control.set_user_attr(SESSIONS_ATTR, sessions)
-
-
-def machine() -> dict:
-    """Host, CPU model, cores and GPU (the GPU only if torch sees CUDA)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu,
-            "torch_threads": torch.get_num_threads()}
-
-
-def library_versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("ridgeline", "torch", "numpy", "optuna", "matplotlib", "scipy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from ridgeline.landscape import plots
 from ridgeline.landscape.grid import SLICES
 from ridgeline.presets import Preset, get_preset
-from ridgeline.reproduce import pipeline as reproduce
+from ridgeline.reproduce import plan as planning
 from ridgeline.runs import ledger
 from ridgeline.science import experiments
 from ridgeline.tuner import report as tuner_report
@@ -76,15 +76,14 @@ class Context:
     figures: Path
     command: str  # shown when no reproduce session recorded its own
     attrs: dict = field(init=False)  # the control study's user attrs
-    plan: reproduce.Plan | None = field(init=False)
+    plan: planning.Plan | None = field(init=False)
     studies: set = field(init=False)
 
     def __post_init__(self) -> None:
-        self.attrs = reproduce.stored(self.storage, self.preset.name)
-        plan = self.attrs.get(reproduce.PLAN_ATTR)
-        self.plan = None if plan is None else reproduce.Plan.from_dict(plan)
-        exists = reproduce.storage_exists(self.storage)  # a report never creates a storage
-        self.studies = set(ledger.study_names(self.storage)) if exists else set()
+        self.attrs = planning.stored(self.storage, self.preset.name)
+        plan = self.attrs.get(planning.PLAN_ATTR)
+        self.plan = None if plan is None else planning.Plan.from_dict(plan)
+        self.studies = set(ledger.study_names(self.storage))  # read-only: never creates one
 
     def has_study(self, name: str) -> bool:
         return name in self.studies
@@ -114,7 +113,7 @@ def _title(ctx: Context) -> str:
 # ----------------------------------------------------------------------------- sections
 
 def header(ctx: Context, doc: Doc) -> None:
-    sessions = ctx.attrs.get(reproduce.SESSIONS_ATTR, [])
+    sessions = ctx.attrs.get(planning.SESSIONS_ATTR, [])
     produced = next((s["command"] for s in reversed(sessions) if s.get("command")),
                     ctx.command)
     doc.add("h1", _title(ctx))
@@ -156,7 +155,7 @@ def replay_tune(ctx: Context, start: str, max_evals: int):
     name = tune.default_study_name(ctx.preset.name, start)
     if not ctx.has_study(name):
         return None, []
-    source = ledger.open_study(name, ctx.storage, create=False)
+    source = ledger.open_study(name, ctx.storage, read_only=True)
     copy = optuna.create_study(direction="maximize")
     copy.add_trials(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     runs: list[tune.Run] = []
@@ -164,7 +163,7 @@ def replay_tune(ctx: Context, start: str, max_evals: int):
     try:
         result = tune.tune(_no_new_runs, start_hp.to_dict(), copy,
                            tune.coordinate_system("paper"), max_evals=max_evals,
-                           on_run=runs.append, **reproduce.tune_settings(ctx.preset))
+                           on_run=runs.append, **tune.default_settings(ctx.preset).as_kwargs())
     except _Unfinished:
         return None, runs
     return result, runs
@@ -190,7 +189,7 @@ def _ending(result: tune.TuneResult, cap: int) -> str:
 
 def tuner_section(ctx: Context, doc: Doc) -> None:
     doc.add("h2", "The tuner: the paper's table beside ours")
-    evals = ctx.plan.tune_evals() if ctx.plan else dict.fromkeys(reproduce.STARTS, 0)
+    evals = ctx.plan.tune_evals() if ctx.plan else dict.fromkeys(planning.STARTS, 0)
     results, status = {}, {}
     for start, cap in evals.items():
         result, runs = replay_tune(ctx, start, cap) if cap else (None, [])
@@ -233,10 +232,8 @@ def _tuner_runs(ctx: Context, doc: Doc, start: str, result, status: str, landsca
         return
     name = tune.default_study_name(ctx.preset.name, start)
     rows = tuner_report.rows(result)
-    doc.add("table", f"tune-{start}", ["run", "step", "λ", "ρ", "α", "λα/(1−ρ)", "test accuracy"],
-            [[str(r["run"]), r["step"], f"{r['lr']:.4g}", f"{r['momentum']:.6g}",
-              f"{r['weight_decay']:.4g}", f"{r[tuner_report.COLUMNS[5]]:.4g}",
-              _acc(r["test_acc"]) + (" (new best)" if r["accepted"] else "")] for r in rows])
+    doc.add("table", f"tune-{start}", list(tuner_report.HEADER),
+            tuner_report.table(result, accuracy=_acc, new_best="{} (new best)"))
     png = tuner_report.trajectory_figure(result, ctx.figures / f"{name}.png", landscapes,
                                          title=f"{name}: {len(rows)} runs, best "
                                                f"{_acc(result.best_value)}")
@@ -277,7 +274,7 @@ def _landscape(ctx: Context, name: str, spec):
     if spec is None:
         return [name, theory, NOT_RUN, "", "", "", "", ""], None, None
     study_name = spec.default_study_name()
-    grid = plots.load_grid(ledger.open_study(study_name, ctx.storage, create=False), spec) \
+    grid = plots.load_grid(ledger.open_study(study_name, ctx.storage, read_only=True), spec) \
         if ctx.has_study(study_name) else None
     if grid is None or grid.best() is None:
         return [name, theory, NOT_YET, "", "", "", "", ""], None, None
@@ -320,9 +317,9 @@ def _experiment_summaries(ctx: Context) -> dict:
     """Each experiment's summary (figures written), or the reason there is none."""
     planned = ctx.plan.diagnostics if ctx.plan else ()
     name = experiments.study_name(ctx.preset.name)
-    cache = experiments.StudyCache(ledger.open_study(name, ctx.storage, create=False),
+    cache = experiments.StudyCache(ledger.open_study(name, ctx.storage, read_only=True),
                                    read_only=True) if ctx.has_study(name) else None
-    saved = ctx.attrs.get(reproduce.SETUP_ATTR, {})
+    saved = ctx.attrs.get(planning.SETUP_ATTR, {})
     setup = experiments.Setup(ctx.preset, None, ctx.plan.seeds if ctx.plan else 1, **saved)
     out = {}
     for kind in experiments.EXPERIMENTS:
@@ -414,7 +411,7 @@ def resources_section(ctx: Context, doc: Doc) -> None:
     doc.add("h2", "Runs, time, hardware")
     rows = [_usage(ctx, label, studies) for label, studies in _sections(ctx).items()]
     doc.add("table", "runs-table", ["section", "finished runs", "compute time"], rows)
-    sessions = ctx.attrs.get(reproduce.SESSIONS_ATTR, [])
+    sessions = ctx.attrs.get(planning.SESSIONS_ATTR, [])
     total = math.fsum(s["seconds"] for s in sessions)
     doc.add("p", f"{len(sessions)} `ridgeline reproduce` session(s), {_hms(total)} of wall "
                  f"time in all.")
@@ -423,7 +420,7 @@ def resources_section(ctx: Context, doc: Doc) -> None:
             [[s["started"], _hms(s["seconds"]), str(sum(s["ran"].values())),
               s["machine"]["host"], s["machine"]["cpu"], str(s["machine"]["cores"]),
               s["machine"]["gpu"] or "none"] for s in sessions])
-    versions = sessions[-1]["versions"] if sessions else reproduce.library_versions()
+    versions = sessions[-1]["versions"] if sessions else planning.library_versions()
     doc.add("p", "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
     doc.data["resources"] = {"sections": rows, "sessions": sessions, "versions": versions}
 
@@ -431,7 +428,7 @@ def resources_section(ctx: Context, doc: Doc) -> None:
 def _sections(ctx: Context) -> dict[str, list[str]]:
     p = ctx.preset.name
     return {"landscapes": [f"{name}-{p}" for name in SLICES],
-            "tuner": [tune.default_study_name(p, s) for s in reproduce.STARTS],
+            "tuner": [tune.default_study_name(p, s) for s in planning.STARTS],
             "diagnostics": [experiments.study_name(p)]}
 
 
@@ -441,7 +438,7 @@ def _usage(ctx: Context, label: str, names: list[str]) -> list[str]:
     for name in names:
         if not ctx.has_study(name):
             continue
-        for t in ledger.open_study(name, ctx.storage, create=False).get_trials(
+        for t in ledger.open_study(name, ctx.storage, read_only=True).get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,)):
             runs += int(t.user_attrs.get("runs", 1))
             seconds += float(t.user_attrs.get("wall_time", t.user_attrs.get("seconds", 0.0)))

@@ -279,12 +279,24 @@ def study_names(storage) -> list[str]:
     return [s.study_name for s in open_storage(storage, read_only=True).get_all_studies()]
 
 
+def all_trials(storage, states: tuple | None = None) -> Iterator[FrozenTrial]:
+    """Every trial of every study in ``storage`` (none when its journal does not exist)."""
+    for name in study_names(storage):
+        yield from open_study(name, storage, read_only=True).get_trials(deepcopy=False,
+                                                                         states=states)
+
+
 def notes(storage, name: str) -> dict:
     """The user attrs of study ``name`` ({} when there is none): a study as a small record of
     its own (``reproduce`` keeps its plan and sessions so)."""
     if name not in study_names(storage):
         return {}
-    return open_study(name, storage, create=False, read_only=True).user_attrs
+    return open_study(name, storage, read_only=True).user_attrs
+
+
+def set_note(storage, name: str, key: str, value) -> None:
+    """Write one entry of study ``name``'s record (the study is created if need be)."""
+    open_study(name, storage).set_user_attr(key, value)
 
 
 # ----------------------------------------------------------------------------- encoding

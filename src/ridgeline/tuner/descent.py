@@ -28,6 +28,7 @@ import optuna
 from ridgeline.errors import TuneError
 from ridgeline.runs.executors import InProcess
 from ridgeline.tuner.invariants import CoordinateSystem, paper_system
+from ridgeline.tuner.settings import PAPER, TunerSettings
 from ridgeline.tuner.trials import (
     COMPLEMENT_MAX,
     LOG_RANGE,
@@ -38,9 +39,7 @@ from ridgeline.tuner.trials import (
     TrialStore,
 )
 
-__all__ = ["LINE_SEARCHES", "Objective", "Run", "TuneError", "TuneResult", "tune"]
-
-LINE_SEARCHES = ("double", "accelerate")
+__all__ = ["Objective", "Run", "TuneError", "TuneResult", "tune"]
 
 
 @dataclass
@@ -75,20 +74,6 @@ class TuneResult:
     def n_runs(self) -> int:
         return len(self.history)
 
-    def history_table(self) -> str:
-        """The paper's table: run, λ, ρ, α, λα/(1−ρ), accuracy; accepted runs marked ``*``."""
-        head = f"{'run':>4}  {'λ (lr)':>10}  {'ρ (momentum)':>12}  {'α (wd)':>10}  "
-        lines = [head + f"{'λα/(1−ρ)':>10}  test accuracy"]
-        for r in self.history:
-            p = r.params
-            u = p["lr"] * p["weight_decay"] / (1 - p["momentum"])
-            acc = "diverged" if r.diverged else f"{r.value:.4g}"
-            lines.append(
-                f"{r.run:>4}  {p['lr']:>10.4g}  {p['momentum']:>12.6g}  "
-                f"{p['weight_decay']:>10.4g}  {u:>10.4g}  {acc}{' *' if r.accepted else ''}"
-            )
-        return "\n".join(lines)
-
 
 def tune(
     objective: Objective,
@@ -98,13 +83,13 @@ def tune(
     *,
     order: Sequence[str] | None = None,
     max_evals: int = 100,
-    min_improvement: float = 0.0,
+    min_improvement: float = PAPER.min_improvement,
     replicates: int = 1,
     seed: int = 0,
     bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
     workers: int = 1,
     executor: Executor | None = None,
-    line_search: str = "double",
+    line_search: str = PAPER.line_search,
     on_run: Callable[[Run], None] | None = None,
 ) -> TuneResult:
     """Coordinate descent from ``start`` in ``system`` (default: the paper's u, 1−ρ, α).
@@ -123,14 +108,14 @@ def tune(
     calls. ``bounds`` maps raw parameter names to inclusive (low, high), either may be None;
     points outside are treated as worse without being evaluated. ``workers > 1`` evaluates
     speculatively on ``executor`` (a thread pool of that size by default). ``line_search`` is
-    one of LINE_SEARCHES (module docstring); ``on_run`` is called with each run the search
-    needed, in order, as soon as it is judged (``accepted`` set), for progress output.
+    one of ``settings.LINE_SEARCHES`` (module docstring); the defaults of both settings are
+    ``settings.PAPER``. ``on_run`` is called with each run the search needed, in order, as
+    soon as it is judged (``accepted`` set), for progress output.
     """
     system = system or paper_system()
-    if line_search not in LINE_SEARCHES:
-        raise TuneError(f"line_search {line_search!r} is not one of {list(LINE_SEARCHES)}")
-    search = _Search(system, start, order, max_evals, min_improvement, bounds,
-                     line_search == "accelerate", on_run)
+    settings = TunerSettings(line_search=line_search, min_improvement=min_improvement)
+    search = _Search(system, start, order, max_evals, settings.min_improvement, bounds,
+                     settings.line_search == "accelerate", on_run)
     seeds = [seed + i for i in range(replicates)]
     _check_study(study, seeds, replicates, max_evals, workers)
     own = executor is None and workers > 1

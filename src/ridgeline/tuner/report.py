@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from ridgeline.tuner.tune import Run, TuneResult
 U = "lr*weight_decay/(1-momentum)"
 COLUMNS = ("run", "step", "lr", "momentum", "weight_decay", U, "test_acc", "diverged",
            "accepted", "replayed")
+HEADER = ("run", "step", "λ", "ρ", "α", "λα/(1−ρ)", "test accuracy")  # of table()
 PLANES = (("weight_decay", "lr-wd"), ("momentum", "lr-momentum"))  # non-λ axis, sweep slice
 
 
@@ -57,15 +58,22 @@ def _acc(value: float | None) -> str:
     return "diverged" if value is None else f"{100 * value:.2f} %"
 
 
+def table(result: TuneResult, *, accuracy: Callable[[float | None], str] = _acc,
+          new_best: str = "**{}** *") -> list[list[str]]:
+    """Page's table as text cells under HEADER, the one formatting of it: ``accuracy``
+    formats a test accuracy (None: diverged) and ``new_best`` wraps that of a run that became
+    the best, so that each document keeps its own precision and emphasis."""
+    return [[str(r["run"]), r["step"], f"{r['lr']:.4g}", f"{r['momentum']:.6g}",
+             f"{r['weight_decay']:.4g}", f"{r[U]:.4g}",
+             new_best.format(accuracy(r["test_acc"])) if r["accepted"]
+             else accuracy(r["test_acc"])]
+            for r in rows(result)]
+
+
 def markdown_table(result: TuneResult) -> str:
     """Page's table; runs that became the best in bold with a ``*``."""
-    lines = ["| run | step | λ | ρ | α | λα/(1−ρ) | test accuracy |", "|---" * 7 + "|"]
-    for row in rows(result):
-        acc = _acc(row["test_acc"])
-        acc = f"**{acc}** *" if row["accepted"] else acc
-        lines.append(f"| {row['run']} | {row['step']} | {row['lr']:.4g} | "
-                     f"{row['momentum']:.6g} | {row['weight_decay']:.4g} | "
-                     f"{row[U]:.4g} | {acc} |")
+    lines = ["| " + " | ".join(HEADER) + " |", "|---" * len(HEADER) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table(result)]
     return "\n".join(lines) + "\n"
 
 

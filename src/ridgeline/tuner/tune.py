@@ -1,8 +1,9 @@
 """``ridgeline tune``: Page's tuner on a preset, from the paper's bad start or a sensible one.
 
-The algorithm is ``tuner.descent`` and its trials ``tuner.trials``; this module binds
-them to presets and training (``tune_preset``) and re-exports the engine's public names, so
-``from ridgeline.tuner.tune import tune`` is the one import a user needs.
+The algorithm is ``tuner.descent``, its trials ``tuner.trials`` and its default settings
+``tuner.settings``; this module binds them to presets and training (``tune_preset``) and
+re-exports the engine's public names, so ``from ridgeline.tuner.tune import tune`` is the one
+import a user needs.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
 from ridgeline.runs import executors, ledger
 from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
-from ridgeline.tuner.descent import LINE_SEARCHES, Objective, Run, TuneResult, tune
+from ridgeline.tuner.descent import Objective, Run, TuneResult, tune
 from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
+from ridgeline.tuner.settings import (
+    LINE_SEARCHES,
+    NOISE_FRACTION,
+    TunerSettings,
+    default_settings,
+)
 
 __all__ = ["LINE_SEARCHES", "NOISE_FRACTION", "STARTS", "Objective", "PresetObjective", "Run",
-           "TuneError", "TuneResult", "coordinate_system", "default_study_name", "start_point",
-           "tune", "tune_preset"]
+           "TuneError", "TuneResult", "TunerSettings", "coordinate_system", "default_settings",
+           "default_study_name", "start_point", "tune", "tune_preset"]
 
 STARTS = {"bad": {"lr": 0.001, "momentum": 0.5, "weight_decay": 0.01}, "sensible": {}}
 COORDS = {"paper": paper_system, "raw": raw_system}
-# Default min_improvement in units of the preset's noise_std: docs/tuner.md measures 0 to 1.
-NOISE_FRACTION = 0.5
 _PROCESS_OBJECTIVES: dict[str, Callable] = {}  # per worker process, see PresetObjective
 
 
@@ -98,7 +103,7 @@ def tune_preset(
     *,
     objective=None,
     system: CoordinateSystem | None = None,
-    line_search: str = "accelerate",
+    line_search: str | None = None,
     min_improvement: float | None = None,
     replicates: int = 1,
     max_evals: int = 40,
@@ -113,25 +118,25 @@ def tune_preset(
     ``storage``. Re-running with the same arguments replays the finished runs, so an
     interrupted tune resumes where it stopped.
 
-    Defaults are the measured best of docs/tuner.md: the accelerating line search and
-    ``min_improvement`` = NOISE_FRACTION × the preset's noise_std. ``executor``, ``workers``
+    ``line_search`` and ``min_improvement`` left None are ``default_settings(preset)``'s, the
+    measured best of docs/tuner.md: the accelerating line search and NOISE_FRACTION × the
+    preset's noise_std (0 where the preset states none). ``executor``, ``workers``
     and ``ray_address`` place runs as for sweeps (``ridgeline.runs.executors``); with more than
     one worker the next points a line search may need are run speculatively.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     label = start if isinstance(start, str) else "custom"
     hp = start_point(preset.hparams, start) if isinstance(start, str) else start
-    if min_improvement is None:
-        min_improvement = NOISE_FRACTION * preset.noise_std
+    settings = default_settings(preset).replace(line_search=line_search,
+                                                min_improvement=min_improvement)
     run_one = PresetObjective(objective, preset.name)
     study = ledger.open_study(study_name or default_study_name(preset.name, label), storage)
     with executors.make_executor(executor, workers, ray_address) as ex:
         pool, ok = ex.futures(), False
         try:
-            result = tune(run_one, hp.to_dict(), study, system,
-                          max_evals=max_evals, min_improvement=min_improvement,
+            result = tune(run_one, hp.to_dict(), study, system, max_evals=max_evals,
                           replicates=replicates, seed=seed, workers=ex.workers if pool else 1,
-                          executor=pool, line_search=line_search, on_run=on_run)
+                          executor=pool, on_run=on_run, **settings.as_kwargs())
             ok = True
         finally:
             if pool is not None:
