@@ -48,6 +48,16 @@ def _tmp(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
 
 
+def part_plan(total: int, max_mib: float) -> tuple[int, int]:
+    """(number of parts, bytes per part, the last may be shorter): the fewest equal parts of at
+    most ``max_mib`` MiB."""
+    max_bytes = int(max_mib * MIB)
+    if max_bytes < 1:
+        raise RidgelineError(f"--max-mib {max_mib} is too small: pass a positive size")
+    n_parts = max(1, math.ceil(total / max_bytes))
+    return n_parts, max(1, math.ceil(total / n_parts))
+
+
 def split(src: Path = DEFAULT_SRC, out: Path = DEFAULT_STAGE, max_mib: float = 54.0,
           names: list[str] | None = None) -> dict:
     """Cut ``names`` (default: every file the loader checks) of ``src`` into the fewest equal
@@ -61,11 +71,7 @@ def split(src: Path = DEFAULT_SRC, out: Path = DEFAULT_STAGE, max_mib: float = 5
             raise DataError(f"{path} is missing: pass --src, the folder holding {', '.join(names)}")
         files.append({"name": name, "size": path.stat().st_size, "md5": _md5(path)})
     total = sum(f["size"] for f in files)
-    max_bytes = int(max_mib * MIB)
-    if max_bytes < 1:
-        raise RidgelineError(f"--max-mib {max_mib} is too small: pass a positive size")
-    n_parts = max(1, math.ceil(total / max_bytes))
-    part_size = math.ceil(total / n_parts)
+    n_parts, part_size = part_plan(total, max_mib)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f"{PART_PREFIX}*"):
         stale.unlink()
