@@ -245,7 +245,7 @@ def train(
         model.compile(backend=compile_backend,
                       mode=compile_mode if compile_backend == "inductor" else None)
     warmup_time = 0.0
-    if compile_mode is not None if warmup is None else warmup:
+    if (compile_mode is not None) if warmup is None else warmup:
         warmup_time = warm_up(model, opt, padded, labels, data, hp, dev, amp_dtype, fmt)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
