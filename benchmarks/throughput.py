@@ -32,13 +32,19 @@ from ridgeline.presets import get_preset
 OUT = Path(__file__).parent / "results" / "throughput.json"
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10, device="cpu") -> float:
+    """GFLOP/s of ``reps`` n×n matmuls on ``device`` (synchronised there, on CUDA)."""
+    dev = torch.device(device)
+    a = torch.randn(n, n, dtype=dtype, device=dev)
+    b = torch.randn(n, n, dtype=dtype, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else lambda: None
     for _ in range(2):
         a @ b
+    sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 

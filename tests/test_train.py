@@ -179,3 +179,52 @@ def test_zero_momentum_runs_plain_sgd(data):
 def test_deepcopy_of_hparams_is_equal():
     hp = HParams()
     assert copy.deepcopy(hp) == hp and hp.replace(lr=0.1).lr == 0.1
+
+
+class _FormatProbe:
+    """Records the memory format of the first conv's weight when training starts."""
+
+    name = "probe"
+
+    def on_train_start(self, model, optimizer, hparams, total_steps):
+        self.channels_last = model.prep[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+    def before_step(self, step, model, lr): ...
+    def after_step(self, step, model, lr, loss): ...
+
+    def result(self):
+        return {"channels_last": self.channels_last}
+
+
+def test_warmup_is_timed_apart_and_leaves_the_run_unchanged(data):
+    plain = train(preset="tiny", data=data, seed=2, device="cpu")
+    warm = train(preset="tiny", data=data, seed=2, device="cpu", warmup=True)
+    assert [e["train_loss"] for e in warm.epochs] == [e["train_loss"] for e in plain.epochs]
+    assert warm.test_acc == plain.test_acc
+    assert plain.extras["run"]["warmup_time"] == 0.0 < warm.extras["run"]["warmup_time"]
+    assert warm.wall_time > warm.train_time + warm.extras["run"]["warmup_time"]
+    assert 0 < warm.extras["run"]["eval_time"] < warm.wall_time
+
+
+def test_channels_last_can_be_switched_off(data):
+    runs = {cl: train(preset="tiny", data=data, seed=0, device="cpu", channels_last=cl,
+                      hooks=[_FormatProbe()]) for cl in (True, False)}
+    for cl, r in runs.items():
+        assert r.extras["probe"]["channels_last"] is cl and r.extras["run"]["channels_last"] is cl
+        assert not r.diverged and 0.0 <= r.test_acc <= 1.0
+    assert runs[False].train_loss == pytest.approx(runs[True].train_loss, rel=0.05)
+
+
+def test_compiled_run_warms_up_and_matches_eager(data):
+    # backend 'eager' exercises the torch.compile path (dynamo capture, recompiles on the
+    # train/eval switch, warm-up) in seconds; inductor's CPU compile would take minutes here.
+    eager = train(preset="tiny", data=data, seed=1, device="cpu")
+    try:
+        comp = train(preset="tiny", data=data, seed=1, device="cpu", compile_mode="default",
+                     compile_backend="eager")
+    finally:
+        torch._dynamo.reset()
+    run = comp.extras["run"]
+    assert run["compile_mode"] == "default" and run["compile_backend"] == "eager"
+    assert run["warmup_time"] > 0 and eager.extras["run"]["compile_mode"] is None
+    assert comp.train_loss == pytest.approx(eager.train_loss, rel=1e-4)

@@ -52,7 +52,7 @@ class RunResult:
     train_loss: float | None
     diverged: bool
     epochs: list[dict]
-    wall_time: float  # seconds: model build + training + evaluation, data loading excluded
+    wall_time: float  # seconds: model build + warm-up + training + evaluation, data load excluded
     train_time: float  # seconds inside the training loops only
     images_per_sec: float
     hparams: dict
@@ -147,18 +147,49 @@ def versions() -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = 1000) -> float:
+def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = 1000,
+             memory_format: torch.memory_format = torch.channels_last) -> float:
     """Test accuracy over the whole set, in eval mode (BatchNorm running statistics)."""
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
         x = normalise(images[i:i + batch_size].to(dev), torch.float32)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=memory_format)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
         correct += (out.argmax(1) == labels[i:i + batch_size].to(dev)).sum().item()
     model.train()
     return correct / len(images)
+
+
+def warm_up(model, opt, padded, labels, data, hp: HParams, dev, amp_dtype,
+            memory_format: torch.memory_format, reps: int = 3) -> float:
+    """Compile and autotune outside the timed loop; returns its seconds.
+
+    ``reps`` forward+backward passes on one training batch of the real shape and ``reps``
+    evaluation batches, then the fresh model state is put back (weights, BatchNorm statistics,
+    no gradients; the optimiser has not stepped and no generator was drawn from), so the run
+    that follows is the one it would have been without the warm-up.
+    """
+    t = time.perf_counter()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    p = augment.PAD
+    crops = padded[:hp.batch_size, :, p:-p, p:-p].contiguous(memory_format=memory_format)
+    idx = torch.arange(hp.batch_size, device=dev)  # indexed like the loop's batches
+    x, y = crops[idx], labels[idx]
+    for _ in range(reps):
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+    opt.zero_grad(set_to_none=True)
+    n_eval = min(1000, len(data.test_labels))  # evaluate()'s batch
+    for _ in range(reps):
+        evaluate(model, data.test_images[:n_eval], data.test_labels[:n_eval], dev, amp_dtype,
+                 memory_format=memory_format)
+    model.load_state_dict(state)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t
 
 
 def train(
@@ -173,6 +204,10 @@ def train(
     eval_each_epoch: bool = False,
     precision: str = "auto",
     setup: Callable[[torch.nn.Module], list[dict] | None] | None = None,
+    channels_last: bool = True,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
+    warmup: bool | None = None,
 ) -> RunResult:
     """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
 
@@ -180,6 +215,11 @@ def train(
     from ``data_root`` / $RIDGELINE_DATA. A non-finite loss ends the run as diverged.
     ``setup(model)``, if given, runs on the fresh model before the optimiser is built; it may
     change the model in place and return parameter groups for :func:`make_optimizer`.
+    ``channels_last`` picks the memory format of weights and batches. ``compile_mode`` (e.g.
+    'default', 'max-autotune'; None = eager) compiles the model with torch.compile and
+    ``compile_backend``. ``warmup`` (default: when compiling) runs :func:`warm_up` first, so
+    compilation and autotuning land in extras['run']['warmup_time'], not in train_time;
+    extras['run'] also holds eval_time, the final evaluation's seconds.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     hp = hparams or preset.hparams
@@ -201,8 +241,15 @@ def train(
     store_dtype = amp_dtype if (amp_dtype is not None and dev.type == "cuda") else torch.float32
     padded = augment.pad(normalise(data.train_images.to(dev), store_dtype))
     labels = data.train_labels.to(dev)
-    model = ResNet9(preset.width).to(dev, memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = ResNet9(preset.width).to(dev, memory_format=fmt)
     opt = make_optimizer(model, hp, setup(model) if setup else None)
+    if compile_mode is not None:
+        model.compile(backend=compile_backend,
+                      mode=compile_mode if compile_backend == "inductor" else None)
+    warmup_time = 0.0
+    if (compile_mode is not None) if warmup is None else warmup:
+        warmup_time = warm_up(model, opt, padded, labels, data, hp, dev, amp_dtype, fmt)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
@@ -217,7 +264,7 @@ def train(
                desc=f"{preset.name} seed {seed}")
     for epoch in range(hp.epochs):
         t0 = time.perf_counter()
-        x_all = augment.augment(padded, gen).contiguous(memory_format=torch.channels_last)
+        x_all = augment.augment(padded, gen).contiguous(memory_format=fmt)
         order = torch.randperm(n_train, generator=gen, device=dev)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
@@ -260,13 +307,17 @@ def train(
             log.append(entry)
             break
         if eval_each_epoch and epoch + 1 < hp.epochs:
-            entry["test_acc"] = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype)
+            entry["test_acc"] = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
+                                         memory_format=fmt)
         log.append(entry)
     bar.close()
 
-    test_acc = None
+    test_acc, eval_time = None, 0.0
     if not diverged:
-        test_acc = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype)
+        t_eval = time.perf_counter()
+        test_acc = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
+                            memory_format=fmt)
+        eval_time = time.perf_counter() - t_eval
         log[-1]["test_acc"] = test_acc
     return RunResult(
         test_acc=test_acc,
@@ -282,6 +333,9 @@ def train(
         device=str(dev),
         precision=str(amp_dtype).removeprefix("torch.") if amp_dtype else "fp32",
         versions=versions(),
-        extras={h.name: h.result() for h in hooks},
+        extras={"run": {"channels_last": channels_last, "compile_mode": compile_mode,
+                        "compile_backend": compile_backend if compile_mode else None,
+                        "warmup_time": warmup_time, "eval_time": eval_time},
+                **{h.name: h.result() for h in hooks}},
         threads=torch.get_num_threads(),
     )
