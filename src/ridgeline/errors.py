@@ -1,4 +1,5 @@
-"""One exception family. The CLI prints any RidgelineError as one line, never a traceback."""
+"""One exception family. The CLI prints any RidgelineError as one line, never a traceback;
+``first_line`` keeps the foreign errors they quote to one line too."""
 
 
 class RidgelineError(Exception):
@@ -15,3 +16,9 @@ class DataError(RidgelineError):
 
 class TuneError(RidgelineError):
     """A tune that cannot start: bad start point, bounds, order or study."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type name if it has none): driver and OS errors
+    can span many lines, and a RidgelineError that quotes one must stay on one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

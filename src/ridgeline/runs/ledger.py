@@ -47,7 +47,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, first_line
 from ridgeline.hparams import HParams
 
 DEFAULT_STORAGE = "ridgeline.journal"
@@ -114,7 +114,7 @@ def open_storage(ref: str | os.PathLike | BaseStorage | None = None) -> BaseStor
     except RidgelineError:
         raise
     except Exception as e:  # sqlalchemy/driver/OS errors: many types, all user-facing here
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise RidgelineError(f"cannot open storage {storage_label(text)!r}: {reason}") from None
 
 
