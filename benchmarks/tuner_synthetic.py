@@ -25,11 +25,9 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import time
 import warnings
 import zlib
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ import optuna
 
 from ridgeline.tuner.invariants import paper_system, raw_system
 from ridgeline.tuner.tune import tune
+from ridgeline.versions import versions
 
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_synthetic.json"
@@ -195,16 +194,6 @@ def methods() -> dict:
     return out
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("ridgeline", "optuna", "numpy", "cmaes", "matplotlib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def figure(results: dict, path: Path, title: str, starts: dict = STARTS, cap: int = CAP,
            target: float = TARGET) -> None:
     """Runs to target per method (boxes over the hits, misses counted in red), one panel per
@@ -263,7 +252,7 @@ def main() -> None:
                   f"{s['median_of_hits']}", flush=True)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "versions": versions(("ridgeline", "optuna", "numpy", "cmaes", "matplotlib")),
         "cpu_seconds": round(time.process_time() - t0, 1),
         "config": {
             "peak": PEAK, "noise_std": NOISE, "target_pp": TARGET, "cap": CAP,

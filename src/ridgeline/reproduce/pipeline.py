@@ -41,6 +41,7 @@ from ridgeline.runs import ledger as st
 from ridgeline.science import experiments
 from ridgeline.tuner import report as tuner_report
 from ridgeline.tuner import tune
+from ridgeline.versions import versions
 
 # Seconds per run when the storage has no finished run of the preset to measure (paper: Page's
 # 79 s on a V100; cpu-mini: docs/cpu-mini.md's ~75 s on 2 cores, rounded up).
@@ -394,13 +395,5 @@ def machine() -> dict:
 
 
 def library_versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("ridgeline", "torch", "numpy", "optuna", "matplotlib", "scipy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return versions(("ridgeline", "torch", "numpy", "optuna", "matplotlib", "scipy"))
 
