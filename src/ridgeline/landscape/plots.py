@@ -27,6 +27,7 @@ import numpy as np
 from optuna.trial import TrialState
 
 from ridgeline.errors import RidgelineError
+from ridgeline.figures import new_figure, save
 from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
 from ridgeline.presets import SYMBOLS
 from ridgeline.runs import ledger as st
@@ -303,12 +304,7 @@ def _edges(values: np.ndarray) -> np.ndarray:
 
 def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = None) -> Path:
     """Heatmap PNG: colours clipped at best − floor_pp points, values annotated, × = diverged."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.1 * len(grid.row_values) + 3, 0.6 * len(grid.col_values) + 2.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure((1.1 * len(grid.row_values) + 3, 0.6 * len(grid.col_values) + 2.5))
     draw_heatmap(fig, ax, grid, floor_pp)
     if fit is not None:
         _draw_fit(ax, fit, grid.row_coord)
@@ -316,9 +312,7 @@ def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = No
     ax.set_title(title + ("" if fit is None else "\n" + fit.describe()), fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 if fit is not None else 0, 1, 1))
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return save(fig, path, dpi=120, rect=(0, 0.07 if fit is not None else 0, 1, 1))
 
 
 def draw_heatmap(fig, ax, grid: Grid, floor_pp: float = 3.0) -> None:

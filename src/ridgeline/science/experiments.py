@@ -35,6 +35,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ridgeline.errors import RidgelineError
+from ridgeline.figures import new_figure, save
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset
 from ridgeline.runs import ledger as st
@@ -266,7 +267,7 @@ def _summarise_variant(seeds: dict, label: str) -> dict:
 
 
 def plot_symmetry(curves: dict, path: Path) -> None:
-    fig, ax = _figure(figsize=(8, 4.5))
+    fig, ax = new_figure((8, 4.5))
     for label, _, _ in SYMMETRY_VARIANTS:
         d = np.maximum(curves[label][0], 1e-12)  # 0 differences drawn at the floor
         ax.plot(d, lw=0.8, label=f"{label} vs baseline (seed 0)")
@@ -277,7 +278,7 @@ def plot_symmetry(curves: dict, path: Path) -> None:
     ax.set(yscale="log", xlabel="step", ylabel="|Δ training loss| (per batch)",
            title="(a) w×r, λ×r², α/r² on the convs, fp32 (1e-12 = identical)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 # ---------------------------------------------------------------- (b), (c) flat directions
@@ -390,7 +391,7 @@ def _vs_noise(settings: dict, ref_label: str) -> dict:
 
 
 def plot_trajectories(runs: dict, path: Path, title: str) -> None:
-    fig, axes = _figure(3, 1, figsize=(8, 9.5), sharex=True)
+    fig, axes = new_figure((8, 9.5), 3, 1, sharex=True)
     for i, (label, results) in enumerate(runs.items()):
         diag, c = results[0]["extras"][HOOK_NAME], f"C{i}"
         axes[0].plot(diag["steps"], gmean_over_layers(diag, "norm"), c, label=label)
@@ -402,27 +403,11 @@ def plot_trajectories(runs: dict, path: Path, title: str) -> None:
     axes[1].set(ylabel="λₜ/‖w‖² (geo. mean)", yscale="log")
     axes[2].set(ylabel="angle per step (smoothed);\n-- quasi-static prediction", yscale="log",
                 xlabel="step (seed 0)")
-    _save(fig, path)
+    save(fig, path)
 
 
 def _smooth(x: np.ndarray, k: int = 5) -> np.ndarray:
     return np.convolve(x, np.ones(k) / k, mode="same") if len(x) > k else x
-
-
-def _figure(*grid, **kw):
-    """A figure on the Agg canvas, without pyplot's global state (reports run in threads)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=kw.pop("figsize"))
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(*grid, **kw)
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def flat(kind: str, setup: Setup, cache, figures: Path | None = None) -> dict:
