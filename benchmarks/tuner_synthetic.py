@@ -40,6 +40,7 @@ from ridgeline.versions import versions
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_synthetic.json"
 OUT_PNG = ROOT / "docs" / "figures" / "tuner_synthetic.png"
+LIBRARIES = ("ridgeline", "optuna", "numpy", "cmaes", "matplotlib")  # versions recorded
 
 PEAK, NOISE, TARGET, CAP = 94.0, 0.15, 0.3, 100
 C_U, C_R, C_A, C_RA = 0.3, 0.06, 0.06, 0.02  # pp per doubling², see docs/tuner.md
@@ -252,7 +253,7 @@ def main() -> None:
                   f"{s['median_of_hits']}", flush=True)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(("ridgeline", "optuna", "numpy", "cmaes", "matplotlib")),
+        "versions": versions(LIBRARIES),
         "cpu_seconds": round(time.process_time() - t0, 1),
         "config": {
             "peak": PEAK, "noise_std": NOISE, "target_pp": TARGET, "cap": CAP,
