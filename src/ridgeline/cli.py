@@ -86,10 +86,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    from ridgeline.science import diagnostics
+    from ridgeline.science import diagnose, diagnostics
 
     if args.from_json:
-        diag = diagnostics.load_diagnostics(args.from_json)
+        diag = diagnose.load_diagnostics(args.from_json)
     else:
         from ridgeline.cifar.train import train
 
@@ -102,8 +102,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             Path(args.out).write_text(result.to_json())
         acc = "diverged" if result.diverged else f"test accuracy {result.test_acc:.2%}"
         print(f"{acc} | {preset.name} seed {args.seed} on {result.device} ({result.precision})")
-        diag = result.extras[diagnostics.HOOK_NAME]
-    print(diagnostics.report(diag, args.plot, args.tol))
+        diag = result.extras[diagnose.HOOK_NAME]
+    print(diagnose.report(diag, args.plot, args.tol))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

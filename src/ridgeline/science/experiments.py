@@ -40,8 +40,9 @@ from ridgeline.hparams import HParams
 from ridgeline.presets import Preset
 from ridgeline.runs import ledger as st
 from ridgeline.science import theory
+from ridgeline.science.diagnose import HOOK_NAME
+from ridgeline.science.diagnostics_plot import plot_diagnostics
 
-HOOK_NAME = "weight_norms"  # ridgeline.science.diagnostics.HOOK_NAME, without importing torch here
 EXPERIMENTS = {"a": "symmetry", "b": "lr_wd", "c": "momentum"}  # kind -> result key
 TITLES = {"a": "(a) scale symmetry", "b": "(b) λα fixed", "c": "(c) λ/(1−ρ) fixed"}
 FIGURES = {"a": ("theory_symmetry.png",),
@@ -171,11 +172,8 @@ def grouped_train(hp: HParams, setup: Setup, seed: int, r: float, scale_eps: boo
     groups): the symmetry partner of the r=1 run. Returns the losses, the test accuracy and the
     final conv weights divided by r (comparable with the baseline's)."""
     from ridgeline.cifar.train import train
-    from ridgeline.science.diagnostics import (
-        conv_weights,
-        rescale_scale_invariant,
-        symmetric_param_groups,
-    )
+    from ridgeline.science.diagnostics import conv_weights
+    from ridgeline.science.param_groups import rescale_scale_invariant, symmetric_param_groups
 
     holder = {}
 
@@ -419,8 +417,6 @@ def flat(kind: str, setup: Setup, cache, figures: Path | None = None) -> dict:
         title = "(b) λα fixed: λ×k, α÷k" if kind == "b" else "(c) λ/(1−ρ) fixed, α fixed"
         plot_trajectories(runs, figures / FIGURES[kind][0], f"{title} — {setup.preset.name}")
         if kind == "b":
-            from ridgeline.science.diagnostics import plot_diagnostics
-
             plot_diagnostics(runs[ref_label][0]["extras"][HOOK_NAME], figures / FIGURES["b"][1])
     return summarise(runs, settings, ref_label)
 
