@@ -192,15 +192,15 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from ridgeline.tuner import invariants
+    from ridgeline.tuner import transfer
 
     point = {**get_preset(args.preset).hparams.to_dict(), **parse_setting(args.setting)}
-    change = {k: float(getattr(args, k)) for k in invariants.PAPER_SPACE.names
+    change = {k: float(getattr(args, k)) for k in transfer.PAPER_SPACE.names
               if getattr(args, k) is not None}
     if not change:
         raise RidgelineError("nothing to transfer: give the new value of one or more of --lr, "
                              "--momentum, --weight-decay, --batch-size")
-    print("\n".join(invariants.describe_transfer(point, change, args.keep)))
+    print("\n".join(transfer.describe_transfer(point, change, args.keep)))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
