@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 from ridgeline.cifar.data import load_cifar10
-from ridgeline.cifar.train import train, versions
+from ridgeline.cifar.train import train
 from ridgeline.presets import get_preset
-from ridgeline.science.diagnostics import conv_weights, symmetric_param_groups
+from ridgeline.science.diagnostics import conv_weights
+from ridgeline.science.param_groups import symmetric_param_groups
+from ridgeline.versions import versions
 
 OUT = Path(__file__).parent / "results" / "lr_wd_groups.json"
 K = 4.0  # λ×K, α÷K on the moved group

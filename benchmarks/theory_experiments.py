@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ridgeline.cifar.train import train, versions
+from ridgeline.cifar.train import train
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
 from ridgeline.science import experiments
-from ridgeline.science.diagnostics import HOOK_NAME, WeightNormHook
+from ridgeline.science.diagnose import HOOK_NAME
+from ridgeline.science.diagnostics import WeightNormHook
+from ridgeline.versions import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 

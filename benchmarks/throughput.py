@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from ridgeline.cifar import augment
 from ridgeline.cifar.data import load_cifar10
 from ridgeline.cifar.model import ResNet9, flops_per_image
-from ridgeline.cifar.train import make_optimizer, normalise, train, versions
+from ridgeline.cifar.train import make_optimizer, normalise, train
 from ridgeline.presets import get_preset
+from ridgeline.versions import versions
 
 OUT = Path(__file__).parent / "results" / "throughput.json"
 

@@ -25,11 +25,9 @@ import argparse
 import datetime
 import json
 import math
-import platform
 import time
 import warnings
 import zlib
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +35,12 @@ import optuna
 
 from ridgeline.tuner.invariants import paper_system, raw_system
 from ridgeline.tuner.tune import tune
+from ridgeline.versions import versions
 
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_synthetic.json"
 OUT_PNG = ROOT / "docs" / "figures" / "tuner_synthetic.png"
+LIBRARIES = ("ridgeline", "optuna", "numpy", "cmaes", "matplotlib")  # versions recorded
 
 PEAK, NOISE, TARGET, CAP = 94.0, 0.15, 0.3, 100
 C_U, C_R, C_A, C_RA = 0.3, 0.06, 0.06, 0.02  # pp per doubling², see docs/tuner.md
@@ -195,16 +195,6 @@ def methods() -> dict:
     return out
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("ridgeline", "optuna", "numpy", "cmaes", "matplotlib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def figure(results: dict, path: Path, title: str, starts: dict = STARTS, cap: int = CAP,
            target: float = TARGET) -> None:
     """Runs to target per method (boxes over the hits, misses counted in red), one panel per
@@ -263,7 +253,7 @@ def main() -> None:
                   f"{s['median_of_hits']}", flush=True)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "versions": versions(LIBRARIES),
         "cpu_seconds": round(time.process_time() - t0, 1),
         "config": {
             "peak": PEAK, "noise_std": NOISE, "target_pp": TARGET, "cap": CAP,

@@ -65,7 +65,7 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).parent))  # the synthetic benchmark's shared pieces
 
-from tuner_synthetic import ask_tell, figure, summarise, versions  # noqa: E402
+from tuner_synthetic import LIBRARIES, ask_tell, figure, summarise  # noqa: E402
 
 from ridgeline.errors import RidgelineError  # noqa: E402
 from ridgeline.presets import get_preset  # noqa: E402
@@ -73,6 +73,7 @@ from ridgeline.runs import ledger as st  # noqa: E402
 from ridgeline.tuner import settings  # noqa: E402
 from ridgeline.tuner.invariants import paper_system, raw_system  # noqa: E402
 from ridgeline.tuner.tune import STARTS, tune  # noqa: E402
+from ridgeline.versions import versions  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_tabular.json"
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run_all(table, starts, threshold, args.reps, args.cap)
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "versions": versions(LIBRARIES),
         "cpu_seconds": round(time.process_time() - t0, 1),
         "config": {
             "studies": args.study, "preset": preset.name, "target_pp": TARGET, "cap": args.cap,

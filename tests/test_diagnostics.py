@@ -11,7 +11,7 @@ from ridgeline.cifar.model import ResNet9, scale_invariant_convs
 from ridgeline.cifar.train import RunResult, train
 from ridgeline.errors import RidgelineError
 from ridgeline.presets import get_preset
-from ridgeline.science import diagnostics
+from ridgeline.science import diagnose
 from ridgeline.science.diagnostics import WeightNormHook, angle_between
 from tests.synthetic import fake_cifar
 
@@ -142,4 +142,4 @@ def test_diagnose_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["diagnose", "--from", str(bare)]) == 2
     assert "has no extras['weight_norms']" in capsys.readouterr().err
     with pytest.raises(RidgelineError):
-        diagnostics.load_diagnostics(bare)
+        diagnose.load_diagnostics(bare)

@@ -6,15 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ridgeline.errors import RidgelineError
-from ridgeline.tuner.invariants import (
-    PAPER_SPACE,
-    SGD_SPACE,
-    CoordinateSystem,
-    InvariantError,
-    paper_system,
-    raw_system,
-    transfer,
-)
+from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
+from ridgeline.tuner.monomials import InvariantError
+from ridgeline.tuner.transfer import PAPER_SPACE, transfer
 
 U = "lr*weight_decay/(1-momentum)"
 PAPER = {"lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 512}

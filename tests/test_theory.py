@@ -14,11 +14,8 @@ from torch import nn
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.science import theory
-from ridgeline.science.diagnostics import (
-    WeightNormHook,
-    rescale_scale_invariant,
-    symmetric_param_groups,
-)
+from ridgeline.science.diagnostics import WeightNormHook
+from ridgeline.science.param_groups import rescale_scale_invariant, symmetric_param_groups
 
 
 @pytest.fixture

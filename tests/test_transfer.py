@@ -3,7 +3,7 @@
 import pytest
 
 from ridgeline.cli import main
-from ridgeline.tuner.invariants import DEFAULT_KEEP, describe_transfer, keepable
+from ridgeline.tuner.transfer import DEFAULT_KEEP, describe_transfer, keepable
 
 PAPER = {"lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 512}
 

@@ -86,10 +86,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    from ridgeline.science import diagnostics
+    from ridgeline.science import diagnose, diagnostics
 
     if args.from_json:
-        diag = diagnostics.load_diagnostics(args.from_json)
+        diag = diagnose.load_diagnostics(args.from_json)
     else:
         from ridgeline.cifar.train import train
 
@@ -102,8 +102,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             Path(args.out).write_text(result.to_json())
         acc = "diverged" if result.diverged else f"test accuracy {result.test_acc:.2%}"
         print(f"{acc} | {preset.name} seed {args.seed} on {result.device} ({result.precision})")
-        diag = result.extras[diagnostics.HOOK_NAME]
-    print(diagnostics.report(diag, args.plot, args.tol))
+        diag = result.extras[diagnose.HOOK_NAME]
+    print(diagnose.report(diag, args.plot, args.tol))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -192,15 +192,15 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from ridgeline.tuner import invariants
+    from ridgeline.tuner import transfer
 
     point = {**get_preset(args.preset).hparams.to_dict(), **parse_setting(args.setting)}
-    change = {k: float(getattr(args, k)) for k in invariants.PAPER_SPACE.names
+    change = {k: float(getattr(args, k)) for k in transfer.PAPER_SPACE.names
               if getattr(args, k) is not None}
     if not change:
         raise RidgelineError("nothing to transfer: give the new value of one or more of --lr, "
                              "--momentum, --weight-decay, --batch-size")
-    print("\n".join(invariants.describe_transfer(point, change, args.keep)))
+    print("\n".join(transfer.describe_transfer(point, change, args.keep)))
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:

@@ -1,4 +1,5 @@
-"""One exception family. The CLI prints any RidgelineError as one line, never a traceback."""
+"""One exception family. The CLI prints any RidgelineError as one line, never a traceback;
+``first_line`` keeps the foreign errors they quote to one line too."""
 
 
 class RidgelineError(Exception):
@@ -17,6 +18,7 @@ class TuneError(RidgelineError):
     """A tune that cannot start: bad start point, bounds, order or study."""
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's message cut to its first line (the form every one-line error takes)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type name if it has none): driver and OS errors
+    can span many lines, and a RidgelineError that quotes one must stay on one line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

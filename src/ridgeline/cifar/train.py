@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from ridgeline.cifar.model import ResNet9
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
+from ridgeline.versions import versions
 
 # CIFAR-10 training-set channel statistics on a 0..255 scale (fixed, so runs on subsets or
 # synthetic data normalise the same way).
@@ -137,13 +137,6 @@ def normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
     return ((images.float() - mean) / std).to(dtype)
-
-
-def versions() -> dict:
-    import ridgeline
-
-    return {"ridgeline": ridgeline.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from optuna.trial import TrialState
 
 from ridgeline.errors import RidgelineError
+from ridgeline.figures import new_figure, save
 from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
 from ridgeline.presets import SYMBOLS
 from ridgeline.runs import ledger
@@ -180,20 +182,26 @@ def _row_peak(u: np.ndarray, row: np.ndarray, x: float) -> RidgePoint | None:
     y = row[i - 1:i + 2]
     if np.any(np.isnan(y)):
         return RidgePoint(x, float(2 ** u[i]), 0.0, False, "max beside a diverged/missing cell")
-    vertex = _vertex(u[i - 1:i + 2], y)
+    vertex = parabola_vertex(u[i - 1:i + 2], y)
     if vertex is None:
         return RidgePoint(x, float(2 ** u[i]), 0.0, False, "flat: no curvature at the max")
-    grad = [(_vertex(u[i - 1:i + 2], y + d) - vertex) / 1e-6 for d in np.eye(3) * 1e-6]
+    grad = [(parabola_vertex(u[i - 1:i + 2], y + d) - vertex) / 1e-6 for d in np.eye(3) * 1e-6]
     weight = 1.0 / max(float(np.sum(np.square(grad))), 1e-12)
     return RidgePoint(x, float(2**vertex), weight, True)
 
 
-def _vertex(u: np.ndarray, y: np.ndarray) -> float | None:
-    """Arg-max of the parabola through three points (None unless it opens downwards)."""
-    c2, c1, _ = np.polyfit(u - u[1], y, 2)
-    if not c2 < -1e-12 * max(1.0, float(np.max(np.abs(y)))):
+def parabola_vertex(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Arg-max of the parabola through three points (x₀ < x₁ < x₂); None unless every y is finite
+    and it opens downwards. Near a maximum accuracy is quadratic in log-hyperparameters, so
+    both the ridge fit (best λ of a row) and the tuner's bracketing line search use it."""
+    if not all(math.isfinite(y) for y in ys):
         return None
-    return float(u[1] - c1 / (2 * c2))
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    slope_a, slope_b = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+    curvature = (slope_b - slope_a) / (x2 - x0)
+    if not curvature < 0:
+        return None
+    return float((x0 + x1) / 2 - slope_a / (2 * curvature))
 
 
 def _wls(v: np.ndarray, u: np.ndarray, w: np.ndarray):
@@ -296,12 +304,7 @@ def _edges(values: np.ndarray) -> np.ndarray:
 
 def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = None) -> Path:
     """Heatmap PNG: colours clipped at best − floor_pp points, values annotated, × = diverged."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(1.1 * len(grid.row_values) + 3, 0.6 * len(grid.col_values) + 2.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure((1.1 * len(grid.row_values) + 3, 0.6 * len(grid.col_values) + 2.5))
     draw_heatmap(fig, ax, grid, floor_pp)
     if fit is not None:
         _draw_fit(ax, fit, grid.row_coord)
@@ -309,9 +312,7 @@ def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = No
     ax.set_title(title + ("" if fit is None else "\n" + fit.describe()), fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 if fit is not None else 0, 1, 1))
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return save(fig, path, dpi=120, rect=(0, 0.07 if fit is not None else 0, 1, 1))
 
 
 def draw_heatmap(fig, ax, grid: Grid, floor_pp: float = 3.0) -> None:

@@ -33,6 +33,7 @@ from ridgeline.presets import get_preset
 from ridgeline.runs import ledger
 from ridgeline.science import experiments
 from ridgeline.tuner.settings import threshold_note
+from ridgeline.versions import versions
 
 FP32_COST = 2.0  # (a) trains in fp32, about twice a bf16 run (README: bf16 is ~2× faster)
 MIN_RUN_SECONDS = 1e-3  # a measured median below this (fake objectives) is clamped
@@ -289,12 +290,4 @@ def machine() -> dict:
 
 
 def library_versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("ridgeline", "torch", "numpy", "optuna", "matplotlib", "scipy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return versions(("ridgeline", "torch", "numpy", "optuna", "matplotlib", "scipy"))

@@ -42,7 +42,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ridgeline.errors import RidgelineError
+from ridgeline.errors import RidgelineError, first_line
 from ridgeline.runs import ledger
 
 EXECUTORS = ("inprocess", "processes", "ray")
@@ -377,7 +377,7 @@ class RayExecutor(Executor):
                 self.ray.init(include_dashboard=False, **kwargs)
         except Exception as e:  # ConnectionError, RuntimeError, ValueError...: all user-facing
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray"
-            raise RidgelineError(f"cannot start or join {where}: {_first_line(e)}") from None
+            raise RidgelineError(f"cannot start or join {where}: {first_line(e)}") from None
         self.connected_here = True
 
     def size(self, workers: int | None) -> None:
@@ -407,7 +407,7 @@ class RayExecutor(Executor):
                                                            _thread_env(self.threads))
         except (TypeError, pickle.PicklingError) as e:
             raise RidgelineError(f"cannot send {getattr(fn, '__name__', fn)} to Ray "
-                                 f"({_first_line(e)})") from None
+                                 f"({first_line(e)})") from None
         return _RayWorker(token, ref, self.ray)
 
     def futures(self) -> cf.Executor:
@@ -460,10 +460,6 @@ def _ray_call(fn, args, kwargs, env):
     return fn(*args, **kwargs)
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 @dataclass
 class _RayWorker(Worker):
     token: str
@@ -479,10 +475,10 @@ class _RayWorker(Worker):
         except self.ray.exceptions.RayTaskError as e:  # raised in the loop (storage lost...)
             cause = e.cause or e
             return Ended(self.token, crashed=f"Ray worker loop raised {type(cause).__name__}: "
-                                             f"{_first_line(cause)}")
+                                             f"{first_line(cause)}")
         except self.ray.exceptions.RayError as e:  # worker or node died, task cancelled
             return Ended(self.token, crashed=f"Ray worker lost ({type(e).__name__}: "
-                                             f"{_first_line(e)})")
+                                             f"{first_line(e)})")
         return Ended(self.token, value=value) if kind == "ok" else Ended(self.token, error=value)
 
     def interrupt(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ridgeline.errors import RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.runs import ledger
+from ridgeline.versions import versions
 
 
 @dataclass
@@ -74,8 +75,6 @@ def as_result(out, hp: HParams, preset: str, seed: int, seconds: float) -> dict:
     if out is not None and not isinstance(out, (int, float)):
         return ledger.result_dict(out)
     diverged = out is None or not math.isfinite(out)
-    from ridgeline.cifar.train import versions  # lazy: torch loads only where runs are recorded
-
     return {"test_acc": None if diverged else float(out), "train_loss": None,
             "diverged": diverged, "epochs": [], "wall_time": seconds, "train_time": seconds,
             "images_per_sec": 0.0, "hparams": hp.to_dict(), "preset": preset, "seed": seed,

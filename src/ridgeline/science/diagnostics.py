@@ -5,21 +5,21 @@ conv weight before the optimiser step and compares after it, so ‖w‖, the ang
 the effective learning rates can be checked against ridgeline.science.theory. On the other steps it
 returns at once, and on logged steps it keeps the numbers on the device (no host sync), so the
 overhead stays far below the 5% budget (measured in benchmarks/theory_experiments.py).
+
+Its record is read and reported by science.diagnose, drawn by science.diagnostics_plot; the
+parameter groups of the scale symmetry are in science.param_groups.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ridgeline.cifar.model import scale_invariant_convs
 from ridgeline.errors import RidgelineError
-
-HOOK_NAME = "weight_norms"
+from ridgeline.science.diagnose import HOOK_NAME
 
 Selector = Callable[[nn.Module], list[tuple[str, torch.Tensor]]]
 
@@ -61,7 +61,7 @@ class WeightNormHook:
         self._weights = self.select(model)
         self._snap, self._rows, self._steps, self._lrs = None, [], [], []
         group = _group_of(optimizer, self._weights[0][1]) if self._weights else {}
-        self._lr_scale = float(group.get("lr_scale", 1.0))  # see symmetric_param_groups
+        self._lr_scale = float(group.get("lr_scale", 1.0))  # param_groups.symmetric_param_groups
         self._meta = {
             "momentum": float(group.get("momentum", hparams.momentum)),
             "weight_decay": float(group.get("weight_decay", hparams.weight_decay)),
@@ -111,125 +111,3 @@ def _group_of(optimizer, weight: torch.Tensor) -> dict:
         if any(p is weight for p in group["params"]):
             return group
     return optimizer.param_groups[0]
-
-
-def diagnostics_of(run: dict) -> dict:
-    """The hook's record from a RunResult dict, or a clear error if the run was not hooked."""
-    diag = run.get("extras", {}).get(HOOK_NAME)
-    if not diag:
-        raise RidgelineError(f"the run has no extras[{HOOK_NAME!r}]: produce it with "
-                             "`ridgeline diagnose --out run.json` (train with WeightNormHook)")
-    return diag
-
-
-def load_diagnostics(path: str | Path) -> dict:
-    """Read a saved RunResult JSON (``ridgeline diagnose --out``) back to its hook record."""
-    try:
-        run = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RidgelineError(f"no such file {str(path)!r}: pass a RunResult JSON") from None
-    except json.JSONDecodeError as e:
-        raise RidgelineError(f"{str(path)!r} is not JSON ({e.msg}): pass a RunResult JSON"
-                             ) from None
-    return diagnostics_of(run)
-
-
-def plot_diagnostics(diag: dict, path: str | Path, tol: float = 0.1) -> Path:
-    """PNG: angular update per layer against the quasi-static prediction along the schedule,
-    their ratio with the ±tol band, and the ‖w‖ trajectories per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ridgeline.science import theory
-
-    steps, layers = diag["steps"], diag["layers"]
-    ratios = theory.angle_ratios(diag)
-    fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
-    for i, name in enumerate(layers):
-        axes[0].plot(steps, diag["angle"][name], lw=0.8, label=name)
-        axes[1].plot(steps, ratios[i], lw=0.8)
-        axes[2].plot(steps, diag["norm"][name], lw=1.0)
-    axes[0].plot(steps, theory.predicted_angles(diag), "k--", lw=2,
-                 label="√(2λₜα·f(ρ))" + (" (Nesterov)" if diag.get("nesterov") else ""))
-    if diag.get("nesterov"):
-        axes[0].plot(steps, theory.predicted_angles(diag, nesterov=False), "k:", lw=1.5,
-                     label="√(2λₜα/(1+ρ)) (heavy ball)")
-    axes[1].axhspan(1 - tol, 1 + tol, color="0.85")
-    axes[1].axhline(1, color="k", lw=1)
-    _label(axes, diag, tol)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _label(axes, diag: dict, tol: float) -> None:
-    axes[0].set(ylabel="angle ∠(wₜ, wₜ₊₁) [rad]", yscale="log",
-                title=f"λ={diag['peak_lr']:g}, α={diag['weight_decay']:g}, "
-                      f"ρ={diag['momentum']:g}, logged every {diag['every']} steps")
-    axes[0].legend(fontsize=7, ncol=2)
-    axes[1].set(ylabel="measured / predicted", ylim=(0, 2.5))
-    axes[1].text(0.01, 0.92, f"±{tol:.0%}", transform=axes[1].transAxes, fontsize=8)
-    axes[2].set(ylabel="‖w‖ per layer", yscale="log", xlabel="step")
-    for ax in axes:
-        ax.axvline(diag["warmup_steps"], color="0.5", ls=":", lw=1)
-
-
-# --------------------------------------------------------------------------------------------
-# The exact scale symmetry, for experiments that train with per-group lr/wd multipliers.
-
-
-@torch.no_grad()
-def rescale_scale_invariant(model: nn.Module, r: float, scale_bn_eps: bool = True,
-                            select: Selector = conv_weights) -> None:
-    """w → r·w for the selected (scale-invariant) weights, in place. With ``scale_bn_eps``
-    every BatchNorm's ε and running variance are multiplied by r² too, because BN(r·x; r²ε)
-    equals BN(x; ε) exactly; this assumes every BatchNorm follows a selected weight (true for
-    ResNet9). Without it the symmetry is broken at O(ε/Var) relative."""
-    for _, w in select(model):
-        w.mul_(r)
-    if scale_bn_eps:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eps *= r**2
-                if m.running_var is not None:
-                    m.running_var.mul_(r**2)
-
-
-def symmetric_param_groups(model: nn.Module, weight_decay: float, r: float,
-                           select: Selector = conv_weights) -> list[dict]:
-    """SGD parameter groups for the symmetry partner of a run rescaled by r: the selected
-    weights get lr×r² (as ``lr_scale``, applied to the schedule each step) and α/r²; every
-    other parameter (BN affine, the linear layer) keeps λ and α, since it is not
-    scale-invariant."""
-    chosen = [w for _, w in select(model)]
-    ids = {id(w) for w in chosen}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": chosen, "lr": 0.0, "lr_scale": r**2, "weight_decay": weight_decay / r**2},
-            {"params": rest, "lr": 0.0, "lr_scale": 1.0, "weight_decay": weight_decay}]
-
-
-def report(diag: dict, plot_path: str | Path, tol: float = 0.1) -> str:
-    """What ``ridgeline diagnose`` prints: the predictions, the per-phase verdicts, the figure."""
-    from ridgeline.science import theory
-
-    if not diag["steps"]:
-        raise RidgelineError("the log is empty: train for at least one step with --every "
-                             "smaller than the run")
-    lr, wd, rho = diag["peak_lr"], diag["weight_decay"], diag["momentum"]
-    nest = diag.get("nesterov", False)
-    lines = [
-        f"peak λ={lr:g}, α={wd:g}, ρ={rho:g} ({'Nesterov' if nest else 'heavy ball'}); "
-        f"{len(diag['layers'])} scale-invariant layers, logged every {diag['every']} steps",
-        f"equilibrium angle at peak λ: {theory.equilibrium_angular_update(lr, wd, rho, nest):.4g}"
-        f" rad (heavy-ball √(2λα/(1+ρ)) = {theory.equilibrium_angular_update(lr, wd, rho):.4g})",
-        f"relaxation time (1−ρ)/(4λα) at peak λ: "
-        f"{theory.equilibration_steps(lr, wd, rho):.0f} steps of {diag['total_steps']}",
-        theory.format_status(theory.equilibrium_status(diag, tol=tol), tol),
-        f"figure: {plot_diagnostics(diag, plot_path, tol)}",
-    ]
-    return "\n".join(lines)

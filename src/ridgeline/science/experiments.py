@@ -35,12 +35,14 @@ import optuna
 from optuna.trial import TrialState
 
 from ridgeline.errors import RidgelineError
+from ridgeline.figures import new_figure, save
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset
 from ridgeline.runs import ledger
 from ridgeline.science import theory
+from ridgeline.science.diagnose import HOOK_NAME
+from ridgeline.science.diagnostics_plot import plot_diagnostics
 
-HOOK_NAME = "weight_norms"  # ridgeline.science.diagnostics.HOOK_NAME, without importing torch here
 EXPERIMENTS = {"a": "symmetry", "b": "lr_wd", "c": "momentum"}  # kind -> result key
 TITLES = {"a": "(a) scale symmetry", "b": "(b) λα fixed", "c": "(c) λ/(1−ρ) fixed"}
 FIGURES = {"a": ("theory_symmetry.png",),
@@ -166,11 +168,8 @@ def grouped_train(hp: HParams, setup: Setup, seed: int, r: float, scale_eps: boo
     groups): the symmetry partner of the r=1 run. Returns the losses, the test accuracy and the
     final conv weights divided by r (comparable with the baseline's)."""
     from ridgeline.cifar.train import train
-    from ridgeline.science.diagnostics import (
-        conv_weights,
-        rescale_scale_invariant,
-        symmetric_param_groups,
-    )
+    from ridgeline.science.diagnostics import conv_weights
+    from ridgeline.science.param_groups import rescale_scale_invariant, symmetric_param_groups
 
     holder = {}
 
@@ -262,7 +261,7 @@ def _summarise_variant(seeds: dict, label: str) -> dict:
 
 
 def plot_symmetry(curves: dict, path: Path) -> None:
-    fig, ax = _figure(figsize=(8, 4.5))
+    fig, ax = new_figure((8, 4.5))
     for label, _, _ in SYMMETRY_VARIANTS:
         d = np.maximum(curves[label][0], 1e-12)  # 0 differences drawn at the floor
         ax.plot(d, lw=0.8, label=f"{label} vs baseline (seed 0)")
@@ -273,7 +272,7 @@ def plot_symmetry(curves: dict, path: Path) -> None:
     ax.set(yscale="log", xlabel="step", ylabel="|Δ training loss| (per batch)",
            title="(a) w×r, λ×r², α/r² on the convs, fp32 (1e-12 = identical)")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 # ---------------------------------------------------------------- (b), (c) flat directions
@@ -386,7 +385,7 @@ def _vs_noise(settings: dict, ref_label: str) -> dict:
 
 
 def plot_trajectories(runs: dict, path: Path, title: str) -> None:
-    fig, axes = _figure(3, 1, figsize=(8, 9.5), sharex=True)
+    fig, axes = new_figure((8, 9.5), 3, 1, sharex=True)
     for i, (label, results) in enumerate(runs.items()):
         diag, c = results[0]["extras"][HOOK_NAME], f"C{i}"
         axes[0].plot(diag["steps"], gmean_over_layers(diag, "norm"), c, label=label)
@@ -398,27 +397,11 @@ def plot_trajectories(runs: dict, path: Path, title: str) -> None:
     axes[1].set(ylabel="λₜ/‖w‖² (geo. mean)", yscale="log")
     axes[2].set(ylabel="angle per step (smoothed);\n-- quasi-static prediction", yscale="log",
                 xlabel="step (seed 0)")
-    _save(fig, path)
+    save(fig, path)
 
 
 def _smooth(x: np.ndarray, k: int = 5) -> np.ndarray:
     return np.convolve(x, np.ones(k) / k, mode="same") if len(x) > k else x
-
-
-def _figure(*grid, **kw):
-    """A figure on the Agg canvas, without pyplot's global state (reports run in threads)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=kw.pop("figsize"))
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(*grid, **kw)
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def flat(kind: str, setup: Setup, cache, figures: Path | None = None) -> dict:
@@ -430,8 +413,6 @@ def flat(kind: str, setup: Setup, cache, figures: Path | None = None) -> dict:
         title = "(b) λα fixed: λ×k, α÷k" if kind == "b" else "(c) λ/(1−ρ) fixed, α fixed"
         plot_trajectories(runs, figures / FIGURES[kind][0], f"{title} — {setup.preset.name}")
         if kind == "b":
-            from ridgeline.science.diagnostics import plot_diagnostics
-
             plot_diagnostics(runs[ref_label][0]["extras"][HOOK_NAME], figures / FIGURES["b"][1])
     return summarise(runs, settings, ref_label)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from ridgeline.errors import TuneError
+from ridgeline.landscape.plots import parabola_vertex
 from ridgeline.runs.executors import InProcess
 from ridgeline.tuner.invariants import CoordinateSystem, paper_system
 from ridgeline.tuner.settings import PAPER, TunerSettings
@@ -257,7 +258,7 @@ class _Search:
         """
         b = self.best[c]
         ys = [self.runs.get(_step(self.best, c, x - b)) for x in (lo, b, hi)]
-        vertex = None if None in ys else _vertex((lo, b, hi), [r.value for r in ys])
+        vertex = None if None in ys else parabola_vertex((lo, b, hi), [r.value for r in ys])
         if vertex is not None and lo < vertex < hi:
             m = math.floor(vertex + 0.5)
         else:
@@ -348,18 +349,6 @@ class _Search:
 
 def _step(key: tuple[int, ...], c: int, k: int) -> tuple[int, ...]:
     return key[:c] + (key[c] + k,) + key[c + 1 :]
-
-
-def _vertex(xs: Sequence[int], ys: Sequence[float]) -> float | None:
-    """Arg-max of the parabola through three points; None unless it opens downwards."""
-    if not all(math.isfinite(y) for y in ys):
-        return None
-    (x0, x1, x2), (y0, y1, y2) = xs, ys
-    slope_a, slope_b = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
-    curvature = (slope_b - slope_a) / (x2 - x0)
-    if not curvature < 0:
-        return None
-    return (x0 + x1) / 2 - slope_a / (2 * curvature)
 
 
 def _known(system: CoordinateSystem, name: str) -> str:

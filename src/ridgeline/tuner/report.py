@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ridgeline.figures import new_figure, save
 from ridgeline.landscape import plots
 from ridgeline.landscape.grid import SPEC_ATTR, GridSpec
 from ridgeline.runs import ledger
@@ -142,13 +143,8 @@ def trajectory_figure(result: TuneResult, path, landscapes: Mapping[str, plots.G
                       floor_pp: float = 3.0, title: str = "") -> Path:
     """The path over the (1/α, λ) and (1−ρ, λ) planes (heatmaps underneath where given), and
     accuracy per run."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     landscapes = dict(landscapes)
-    fig = Figure(figsize=(18, 6))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 1.2, 1]})
+    fig, axes = new_figure((18, 6), 1, 3, gridspec_kw={"width_ratios": [1.2, 1.2, 1]})
     for ax, (axis, _) in zip(axes, PLANES, strict=False):
         grid = landscapes.get(axis)
         if grid is not None:
@@ -157,9 +153,7 @@ def trajectory_figure(result: TuneResult, path, landscapes: Mapping[str, plots.G
         _draw_path(ax, result, axis, grid is not None)
     _draw_progress(axes[2], result)
     fig.suptitle(title or summary(result), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return save(fig, path, dpi=120)
 
 
 def _draw_path(ax, result: TuneResult, axis: str, over_heatmap: bool) -> None:

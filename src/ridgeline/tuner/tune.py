@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ridgeline.errors import RidgelineError, TuneError
+from ridgeline.errors import RidgelineError, TuneError, first_line
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
 from ridgeline.runs import executors, ledger
@@ -88,10 +88,9 @@ class PresetObjective:
         except RidgelineError:
             raise
         except Exception as e:  # the search cannot go on without this value: stop, resumably
-            why = (str(e).strip().splitlines() or [""])[0]
             raise TuneError(f"the run at lr={hp.lr:.4g}, momentum={hp.momentum:.6g}, "
                             f"weight_decay={hp.weight_decay:.4g}, seed {seed} failed "
-                            f"({type(e).__name__}: {why}); re-run to resume") from e
+                            f"({type(e).__name__}: {first_line(e)}); re-run to resume") from e
         return as_result(out, hp, self.preset, seed, time.perf_counter() - t0)
 
 
