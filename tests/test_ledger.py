@@ -319,3 +319,12 @@ def test_a_resumed_study_at_another_thread_count_is_warned_about(tmp_path, capsy
     assert st.warn_thread_mismatch(study, 2) is None
     assert "1" in st.warn_thread_mismatch(study, 1) and "2" in capsys.readouterr().err
     assert st.trial_to_result(study.trials[0]).threads == 2
+
+
+def test_planned_threads_follow_the_objective_and_executor():
+    from ridgeline.runs.executors import InProcess
+    from ridgeline.runs.objectives import TrainObjective, planned_threads
+
+    assert planned_threads(TrainObjective(threads=3), InProcess()) == 3
+    assert planned_threads(lambda hp, preset, seed: 0.5, InProcess()) is None
+    assert planned_threads(None, InProcess()) >= 1

@@ -38,7 +38,12 @@ from ridgeline.landscape.grid import (
     GridSpec,
 )
 from ridgeline.runs import executors, ledger
-from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
+from ridgeline.runs.objectives import (
+    TrainObjective,
+    as_result,
+    planned_threads,
+    resolve_objective,
+)
 
 SCAN_S = 2.0  # while workers run, the coordinator re-reads the study this often
 
@@ -242,7 +247,7 @@ def run_sweep(spec: GridSpec, storage=None, study_name: str | None = None, objec
         with _enqueue_lock(ref):
             _, requeued = enqueue_missing(study, spec, stale_after, ex.probe())
         keys = {p.key for p in spec.points()}
-        _check_threads(study, objective, ex)
+        ledger.warn_thread_mismatch(study, planned_threads(objective, ex))
         bar = tqdm(total=len(keys), initial=_complete(study, keys), unit="point", desc=name,
                    disable=not progress, dynamic_ncols=True)
         try:
@@ -257,13 +262,6 @@ def run_sweep(spec: GridSpec, storage=None, study_name: str | None = None, objec
     report = _report(study, ref, keys, ran, requeued, lost)
     report.executor = ex.describe()
     return report
-
-
-def _check_threads(study: optuna.Study, objective, ex) -> None:
-    """Warn when a resumed sweep trains at another CPU thread count than its earlier runs."""
-    if objective is None or isinstance(objective, TrainObjective):
-        threads = getattr(ex, "threads", None) or (objective or TrainObjective()).planned_threads()
-        ledger.warn_thread_mismatch(study, threads)
 
 
 def _portable_ref(storage):

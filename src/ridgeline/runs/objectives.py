@@ -53,6 +53,14 @@ class TrainObjective:
                      precision=self.precision)
 
 
+def planned_threads(objective, executor) -> int | None:
+    """The CPU threads each training run will use (None for objectives that do not train), so
+    a resumed sweep or tune can say when it differs from the study's earlier runs."""
+    if objective is not None and not isinstance(objective, TrainObjective):
+        return None
+    return getattr(executor, "threads", None) or (objective or TrainObjective()).planned_threads()
+
+
 def resolve_objective(objective) -> Callable:
     """None → TrainObjective(); "pkg.module:function" → that function; callables as they are."""
     if objective is None:

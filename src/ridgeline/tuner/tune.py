@@ -16,7 +16,12 @@ from ridgeline.errors import RidgelineError, TuneError, first_line
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
 from ridgeline.runs import executors, ledger
-from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
+from ridgeline.runs.objectives import (
+    TrainObjective,
+    as_result,
+    planned_threads,
+    resolve_objective,
+)
 from ridgeline.tuner.descent import Objective, Run, TuneResult, tune
 from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
 from ridgeline.tuner.settings import (
@@ -132,6 +137,7 @@ def tune_preset(
     study = ledger.open_study(study_name or default_study_name(preset.name, label), storage)
     with executors.make_executor(executor, workers, ray_address) as ex:
         pool, ok = ex.futures(), False
+        ledger.warn_thread_mismatch(study, planned_threads(objective, ex))
         try:
             result = tune(run_one, hp.to_dict(), study, system, max_evals=max_evals,
                           replicates=replicates, seed=seed, workers=ex.workers if pool else 1,
