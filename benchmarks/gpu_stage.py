@@ -24,7 +24,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ridgeline.cifar.data import FILE_MD5S, FOLDER_NAME
+from ridgeline.cifar.data import FILE_MD5S, FOLDER_NAME, md5_file
 from ridgeline.errors import DataError, RidgelineError
 
 MIB = 1 << 20
@@ -34,14 +34,6 @@ CALL_LIMIT_MIB = 64  # one device call: working tree + carried paths
 DEFAULT_SRC = Path("../shared/data") / FOLDER_NAME
 DEFAULT_STAGE = Path("stage")  # /stage*/ is in .gitignore
 _BLOCK = 4 * MIB
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tmp(dest: Path) -> Path:
@@ -69,7 +61,7 @@ def split(src: Path = DEFAULT_SRC, out: Path = DEFAULT_STAGE, max_mib: float = 5
         path = src / name
         if not path.is_file():
             raise DataError(f"{path} is missing: pass --src, the folder holding {', '.join(names)}")
-        files.append({"name": name, "size": path.stat().st_size, "md5": _md5(path)})
+        files.append({"name": name, "size": path.stat().st_size, "md5": md5_file(path)})
     total = sum(f["size"] for f in files)
     n_parts, part_size = part_plan(total, max_mib)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +123,7 @@ def join(stage: Path = DEFAULT_STAGE, dest: Path | None = None, official: bool =
         if not path.is_file():
             raise DataError(f"{path} is missing: carry it (one part per device call)")
         size = path.stat().st_size
-        if size != p["size"] or (got := _md5(path)) != p["md5"]:
+        if size != p["size"] or (got := md5_file(path)) != p["md5"]:
             got = "not read" if size != p["size"] else got
             raise DataError(f"{path} is corrupt ({size} bytes, md5 {got}; expected {p['size']} "
                             f"bytes, md5 {p['md5']}): carry it again")
