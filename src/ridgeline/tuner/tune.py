@@ -17,7 +17,7 @@ from ridgeline.presets import Preset, get_preset
 from ridgeline.runs import executors
 from ridgeline.runs import ledger as st
 from ridgeline.runs.objectives import TrainObjective, as_result, resolve_objective
-from ridgeline.tuner.descent import LINE_SEARCHES, Objective, Run, TuneResult, tune
+from ridgeline.tuner.descent import LINE_SEARCHES, Objective, Run, TuneResult, check_settings, tune
 from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
 
 __all__ = ["LINE_SEARCHES", "NOISE_FRACTION", "STARTS", "Objective", "PresetObjective", "Run",
@@ -124,6 +124,7 @@ def tune_preset(
     hp = start_point(preset.hparams, start) if isinstance(start, str) else start
     if min_improvement is None:
         min_improvement = NOISE_FRACTION * preset.noise_std
+    check_settings(max_evals, min_improvement, replicates, seed)  # before the study exists
     run_one = PresetObjective(objective, preset.name)
     study = st.open_study(study_name or default_study_name(preset.name, label), storage)
     with executors.make_executor(executor, workers, ray_address) as ex:
