@@ -146,7 +146,7 @@ WRITER = """
 import sys, time
 from ridgeline.runs import ledger
 study = ledger.open_study("torn", sys.argv[1], create=False)
-trial = study.ask()
+trial = ledger.ask(study)
 ledger.sign(trial)
 print(trial.number, flush=True)
 i = 0

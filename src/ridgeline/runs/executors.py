@@ -36,6 +36,7 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -220,8 +221,6 @@ class LocalProcesses(Executor):
         self.workers = _check_workers(workers) or max(1, self.gpus)
         self.threads = None if self.gpus else max(1, (os.cpu_count() or 1) // self.workers)
         self.ctx = mp.get_context("spawn")  # fork would copy a CUDA context / torch threads
-        self.results = self.ctx.SimpleQueue()
-        self.inbox: dict[str, tuple] = {}
         self.started = 0
 
     def env_for(self, index: int) -> dict:
@@ -232,21 +231,20 @@ class LocalProcesses(Executor):
     def launch(self, fn: Callable, args: tuple, token: str) -> Worker:
         env = self.env_for(self.started)
         self.started += 1
+        # One pipe per worker for its result: a shared multiprocessing queue would hold named
+        # semaphores, which a coordinator killed by a signal leaves behind ("leaked semaphore").
+        receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=_process_main, daemon=False, name=f"ridgeline-{token}",
-                                args=(fn, args, token, env, self.results))
+                                args=(fn, args, token, env, send))
         try:
             proc.start()
         except (AttributeError, TypeError, pickle.PicklingError) as e:
             raise RidgelineError(f"cannot send {getattr(fn, '__name__', fn)} and its arguments "
                                  f"to worker processes ({e}): the objective must be a "
                                  f"module-level function or 'module:function'") from None
-        return _ProcessWorker(token, proc, self)
-
-    def collect(self) -> None:
-        """Move finished loops' results from the shared queue into the inbox."""
-        while not self.results.empty():
-            token, result = self.results.get()
-            self.inbox[token] = result
+        finally:
+            send.close()  # the worker has its own end: EOF here once it exits
+        return _ProcessWorker(token, proc, receive)
 
     def futures(self) -> cf.Executor:
         slot = self.ctx.Value("i", 0)
@@ -258,42 +256,62 @@ class LocalProcesses(Executor):
         return f"{super().describe()} ({per})"
 
 
-def _process_main(fn, args, token, env, results) -> None:
+def _process_main(fn, args, token, env, send) -> None:
     """A spawned worker: stops taking trials once its coordinator is gone (orphaned workers
     would otherwise sweep on unsupervised)."""
     parent = mp.parent_process()
     try:
-        results.put((token, run_loop(fn, args, token, env,
-                                     lambda: parent is not None and not parent.is_alive())))
+        result = run_loop(fn, args, token, env,
+                          lambda: parent is not None and not parent.is_alive())
     except KeyboardInterrupt:
         sys.exit(130)
+    with contextlib.suppress(OSError):  # BrokenPipeError: the coordinator is gone
+        send.send(result)
 
 
 def _pool_init(gpus: int, threads: int | None, slot) -> None:
-    """ProcessPoolExecutor workers: each takes the next device slot (GPU) or its threads."""
+    """ProcessPoolExecutor workers: each takes the next device slot (GPU) or its threads, and
+    exits when the coordinator dies (an idle pool worker would otherwise wait for work
+    forever, and a busy one run on unsupervised)."""
     with slot.get_lock():
         index, slot.value = slot.value, slot.value + 1
     apply_env({"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus else _thread_env(threads))
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent) -> None:
+    parent.join()  # returns once the parent process is gone
+    os._exit(1)
 
 
 @dataclass
 class _ProcessWorker(Worker):
     token: str
     proc: mp.process.BaseProcess
-    owner: LocalProcesses
+    receive: mp.connection.Connection
+    result: tuple | None = None
 
     def poll(self) -> Ended | None:
+        self._receive()  # as soon as it is sent, so a large result never blocks the worker
         if self.proc.is_alive():
             return None
         self.proc.join()
-        self.owner.collect()
-        result = self.owner.inbox.pop(self.token, None)
+        self._receive()  # sent just before it exited
+        self.receive.close()
+        result = self.result
         if result is None:
             code = self.proc.exitcode
             why = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             return Ended(self.token, crashed=f"worker process {self.proc.pid} {why}")
         kind, value = result
         return Ended(self.token, value=value) if kind == "ok" else Ended(self.token, error=value)
+
+    def _receive(self) -> None:
+        if self.result is None and not self.receive.closed and self.receive.poll():
+            with contextlib.suppress(EOFError, OSError):  # EOF: it died without a result
+                self.result = self.receive.recv()
 
     def interrupt(self) -> None:
         if self.proc.is_alive():

@@ -19,6 +19,7 @@ the parabola through the three (or its middle); docs/tuner.md measures both.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,10 +116,11 @@ def tune(
     """
     system = system or paper_system()
     settings = TunerSettings(line_search=line_search, min_improvement=min_improvement)
+    check_settings(max_evals, settings.min_improvement, replicates, seed, workers)
+    _check_study(study)
     search = _Search(system, start, order, max_evals, settings.min_improvement, bounds,
                      settings.line_search == "accelerate", on_run)
     seeds = [seed + i for i in range(replicates)]
-    _check_study(study, seeds, replicates, max_evals, workers)
     own = executor is None and workers > 1
     pool = ThreadPoolExecutor(workers) if own else executor
     pool = pool or InProcess().futures()
@@ -134,13 +136,25 @@ def tune(
     return search.result(stopped, calls)
 
 
-def _check_study(study, seeds, replicates, max_evals, workers) -> None:
+def _check_study(study) -> None:
     if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise TuneError("the study must be single-objective with direction='maximize'")
-    if replicates < 1 or max_evals < 1 or workers < 1:
-        raise TuneError("replicates, max_evals and workers must each be >= 1")
-    if not (seeds[0] >= 0 and seeds[-1] <= SEED_MAX):
-        raise TuneError(f"seeds {seeds[0]}..{seeds[-1]} must lie in [0, {SEED_MAX}]")
+
+
+def check_settings(max_evals: int = 100, min_improvement: float = 0.0, replicates: int = 1,
+                   seed: int = 0, workers: int = 1) -> None:
+    """``tune``'s numeric settings, each named with its value when it is out of range; callers
+    run this before they create a study, so bad settings leave no trace in the storage."""
+    for name, value in (("max_evals", max_evals), ("replicates", replicates),
+                        ("workers", workers)):
+        if not (isinstance(value, numbers.Integral) and value >= 1):
+            raise TuneError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
+    if not (min_improvement >= 0 and math.isfinite(min_improvement)):
+        raise TuneError(f"min_improvement={min_improvement!r} is not allowed: it must be a "
+                        f"finite number >= 0 (test accuracy as a fraction)")
+    if not (isinstance(seed, numbers.Integral) and 0 <= seed <= SEED_MAX - replicates + 1):
+        raise TuneError(f"seed={seed!r} is not allowed: seeds {seed}..{seed + replicates - 1} "
+                        f"must lie in [0, {SEED_MAX}]")
 
 
 class _BudgetSpent(Exception):

@@ -57,8 +57,8 @@ class Space:
             if name not in point:
                 raise InvariantError(f"the point has no {name!r}; it needs {list(self.names)}")
             base = 1 - point[name] if name in self.complement else point[name]
-            if not base > 0:
-                allowed = "< 1" if name in self.complement else "> 0"
+            if not (base > 0 and math.isfinite(base)):
+                allowed = "finite and < 1" if name in self.complement else "a finite number > 0"
                 raise InvariantError(f"{name}={point[name]!r} is not allowed: it must be {allowed}")
             values.append(base)
         return values

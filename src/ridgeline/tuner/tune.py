@@ -22,7 +22,7 @@ from ridgeline.runs.objectives import (
     planned_threads,
     resolve_objective,
 )
-from ridgeline.tuner.descent import Objective, Run, TuneResult, tune
+from ridgeline.tuner.descent import Objective, Run, TuneResult, check_settings, tune
 from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
 from ridgeline.tuner.settings import (
     LINE_SEARCHES,
@@ -133,6 +133,7 @@ def tune_preset(
     hp = start_point(preset.hparams, start) if isinstance(start, str) else start
     settings = default_settings(preset).replace(line_search=line_search,
                                                 min_improvement=min_improvement)
+    check_settings(max_evals, settings.min_improvement, replicates, seed)  # before the study
     run_one = PresetObjective(objective, preset.name)
     study = ledger.open_study(study_name or default_study_name(preset.name, label), storage)
     with executors.make_executor(executor, workers, ray_address) as ex:
