@@ -416,9 +416,16 @@ def cmd_tune(args: argparse.Namespace) -> None:
     custom = any(getattr(args, k) is not None for k in (*TUNED, "batch_size", "epochs",
                                                          "warmup_epochs"))
     name = args.study or tune.default_study_name(preset.name, "custom" if custom else args.start)
+    from ridgeline.tuner import settings as tuner_settings
+
+    chosen = tuner_settings.default_settings(preset).replace(
+        line_search=args.line_search, min_improvement=args.min_improvement)
     print(f"{name}: tuning {', '.join(system.names)} of {preset.name} from "
           f"lr={start.lr:g} momentum={start.momentum:g} weight_decay={start.weight_decay:g} "
-          f"({args.line_search} line search, at most {args.max_evals} runs)")
+          f"({chosen.line_search} line search, threshold {chosen.min_improvement:g}, "
+          f"at most {args.max_evals} runs)")
+    if args.min_improvement is None and (note := tuner_settings.threshold_note(preset)):
+        print(note)
     result = tune.tune_preset(
         preset, start, args.storage, name, objective=objective_from_args(args), system=system,
         line_search=args.line_search, min_improvement=args.min_improvement,
@@ -617,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invariant", action="append", metavar="EXPR",
                    help="tune in this monomial as a coordinate, e.g. 'lr/(1-momentum)' "
                         "(repeatable; the free parameters complete the basis)")
-    p.add_argument("--line-search", choices=("accelerate", "double"), default="accelerate",
+    p.add_argument("--line-search", choices=("accelerate", "double"),
                    help="accelerate (default): steps ×2, ×4, ×16, ... then a parabolic probe; "
                         "double: the paper's ×2 / ÷2")
     p.add_argument("--min-improvement", type=number, metavar="ACC",
