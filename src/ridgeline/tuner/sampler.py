@@ -67,6 +67,7 @@ DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials 
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
 LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
 MAX_LEVEL = 3  # docs/tuner.md: replicate levels measured
+RECHECKS = ("all", "best")  # which points get the level's replicates: all compared, the best
 
 
 class FlatDirectionSampler(BaseSampler):
@@ -89,6 +90,7 @@ class FlatDirectionSampler(BaseSampler):
         min_improvement: float = 0.0,
         line_search: str = "accelerate",
         max_level: int = MAX_LEVEL,
+        recheck: str = "all",
         max_evals: int | None = None,
         seed_param: str = "seed",
         independent_sampler: BaseSampler | None = None,
@@ -102,7 +104,10 @@ class FlatDirectionSampler(BaseSampler):
         if max_level < 1 or (max_evals is not None and max_evals < 1):
             raise TuneError("max_level and max_evals must be >= 1")
         self._start = dict(start)
+        if recheck not in RECHECKS:
+            raise TuneError(f"recheck {recheck!r} is not one of {list(RECHECKS)}")
         self._search_args = dict(min_improvement=min_improvement, max_level=max_level,
+                                 recheck=recheck,
                                  accelerate=line_search == "accelerate",
                                  max_evals=max_evals or 2**62)
         self._seed_param = seed_param
