@@ -148,17 +148,24 @@ def baseline(name: str):
 
 
 METHODS = {
-    "flat, levels 1 (Page's stop)": flat(max_level=1),
-    "flat, levels 2": flat(max_level=2),
-    "flat, levels 3 (default)": flat(),
-    "flat, double, levels 3": flat(line_search="double"),
-    "flat, recheck best, levels 8": flat(max_level=8, recheck="best"),
-    "raw CD, levels 3": flat(RAW),
+    "flat (default): recheck best, levels 8, wide": flat(),
+    "flat, levels 1 (Page's stop)": flat(max_level=1, recheck="all", wide=False),
+    "flat, levels 2": flat(max_level=2, recheck="all", wide=False),
+    "flat, levels 3": flat(max_level=3, recheck="all", wide=False),
+    "flat, double, levels 3": flat(line_search="double", max_level=3, recheck="all",
+                                   wide=False),
+    "flat, recheck best, levels 8": flat(wide=False),
+    "flat, levels 3, wide": flat(max_level=3, recheck="all"),
+    "raw CD, levels 3 (all)": flat(RAW, max_level=3, recheck="all", wide=False),
+    "raw CD (default's settings)": flat(RAW),
     "TPE": baseline("TPE"),
     "GP": baseline("GP"),
     "random": baseline("random"),
     "CMA-ES": baseline("CMA-ES"),
 }
+RENAMED = {"flat, levels 3 (default)": "flat, levels 3",
+           "flat, recheck best, levels 8, wide": "flat (default): recheck best, levels 8, wide",
+           "raw CD, levels 3": "raw CD, levels 3 (all)"}
 SLOW = {"GP"}  # fewer repetitions (--slow-reps): a GP fit per trial
 
 
@@ -286,6 +293,12 @@ def combine(args) -> None:
         for obj, starts in part["results"].items():
             for start, by_method in starts.items():
                 results.setdefault(obj, {}).setdefault(start, {}).update(by_method)
+    for part in parts:  # labels of earlier parts, before the default changed
+        for starts in part["results"].values():
+            for by in starts.values():
+                for old, new in RENAMED.items():
+                    if old in by:
+                        by[new] = by.pop(old)
     order = list(METHODS)
     for obj in results:
         for start in results[obj]:

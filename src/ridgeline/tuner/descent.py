@@ -151,13 +151,13 @@ class _Search:
     """The sequential algorithm. It only ever asks ``Calls`` for values, in a fixed order."""
 
     def __init__(self, system, start, order, max_evals, min_improvement, bounds, accelerate,
-                 on_run, max_level: int = 1, recheck: str = "all") -> None:
+                 on_run, max_level: int = 1, recheck: str = "all", wide: bool = False) -> None:
         self.system, self.accelerate, self.on_run = system, accelerate, on_run
         # Replicates per compared point: 1, raised by one each time a cycle improves nothing,
         # up to max_level (1: stop there, Page's rule; see cycle()); "all" compared points
         # get them, or only the incumbent ("best": a rival is topped up once it wins).
         self.level, self.max_level, self.spent = 1, max_level, 0
-        self.recheck_all = recheck == "all"
+        self.recheck_all, self.wide = recheck == "all", wide
         self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
         self.start = {k: v for k, v in start.items() if k in system.space.names}
         self.origin = system.to_coords(start)
@@ -232,6 +232,13 @@ class _Search:
                 else:
                     while self.try_step(c, direction):
                         pass
+                return True
+        # Refining (level > 1) on a shallow coordinate, one doubling may gain less than the
+        # noise where two show it: also try ×4 and ÷4 before the coordinate counts as failed.
+        for direction in (1, -1) if self.level > 1 and self.wide else ():
+            if self.try_step(c, 2 * direction):
+                if self.accelerate:
+                    self.refine(c, self.best[c] - 2 * direction, self.best[c] + 2 * direction)
                 return True
         return False
 

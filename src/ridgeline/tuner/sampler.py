@@ -66,7 +66,7 @@ DEFAULT_INVARIANTS = ("lr*weight_decay/(1-momentum)",)
 DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials that diverged
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
 LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
-MAX_LEVEL = 3  # docs/tuner.md: replicate levels measured
+MAX_LEVEL = 8  # docs/tuner.md measures 1 to 8
 RECHECKS = ("all", "best")  # which points get the level's replicates: all compared, the best
 
 
@@ -90,7 +90,8 @@ class FlatDirectionSampler(BaseSampler):
         min_improvement: float = 0.0,
         line_search: str = "accelerate",
         max_level: int = MAX_LEVEL,
-        recheck: str = "all",
+        recheck: str = "best",
+        wide: bool = True,
         max_evals: int | None = None,
         seed_param: str = "seed",
         independent_sampler: BaseSampler | None = None,
@@ -107,7 +108,7 @@ class FlatDirectionSampler(BaseSampler):
         if recheck not in RECHECKS:
             raise TuneError(f"recheck {recheck!r} is not one of {list(RECHECKS)}")
         self._search_args = dict(min_improvement=min_improvement, max_level=max_level,
-                                 recheck=recheck,
+                                 recheck=recheck, wide=wide,
                                  accelerate=line_search == "accelerate",
                                  max_evals=max_evals or 2**62)
         self._seed_param = seed_param
