@@ -31,12 +31,17 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
 * RUNNING: pending. WAITING and PRUNED trials, and FAIL not confirmed as above: ignored.
 
 **Noise.** A cycle of line searches that improves nothing does not end the search: the
-replicate level rises (``max_level``), and the incumbent and each rival are compared again as
-means over that many seeds, run only for the seeds they lack. Replicate ``r`` of a point is
-the trial whose ``seed_param`` (default ``"seed"``, if the objective suggests it) is ``r``, or
-the point's ``r``-th trial when the objective suggests no seed. Only after a cycle at
-``max_level`` improves nothing does the sampler call ``study.stop()``, recording why in the
-study user attr ``ridgeline:stopped``. docs/tuner.md measures the levels.
+replicate level rises, up to ``max_level``, and the cycle runs again. With ``recheck="best"``
+(the default) only the incumbent is scored as the mean over ``level`` seeds, which undoes the
+luck that made it the incumbent, and a rival that beats it is topped up once it is the best;
+``"all"`` tops up every compared point. While refining, ``wide`` also tries ×4 and ÷4 along a
+coordinate whose ×2 and ÷2 lose: on a shallow direction one doubling can gain less than the
+noise where two show it. Before the first such stop nothing changes, so a search that reaches
+the optimum early costs no more. Replicate ``r`` of a point is the trial whose ``seed_param``
+(default ``"seed"``, if the objective suggests it) is ``r``, or the point's ``r``-th trial
+when the objective suggests no seed. Once a cycle at ``max_level`` improves nothing the
+sampler calls ``study.stop()``, recording why in the study user attr ``ridgeline:stopped``.
+docs/tuner.md measures these settings.
 
 Parameters that ``start`` does not name go to ``independent_sampler`` (TPE by default).
 """
@@ -76,9 +81,10 @@ class FlatDirectionSampler(BaseSampler):
     ``start`` names the tuned parameters and the first point; ``complement`` those that enter
     as ``1-x`` (in [0, 1), stepped in log(1−x)); ``invariants`` are monomials held fixed by
     every move along another coordinate. ``min_improvement`` and ``line_search`` are the
-    search's (``tuner.descent.tune``); ``max_level`` caps the replicates per point (module
-    docstring); ``max_evals`` caps the evaluations the search asks for (None: only
-    ``n_trials`` does). ``seed`` seeds the default ``independent_sampler``.
+    search's (``tuner.descent.tune``); ``max_level``, ``recheck`` and ``wide`` say how it
+    refines instead of stopping (module docstring); ``max_evals`` caps the evaluations the
+    search asks for (None: only ``n_trials`` does). ``seed`` seeds the default
+    ``independent_sampler``.
     """
 
     def __init__(
