@@ -288,24 +288,24 @@ def main() -> None:
 def combine(args) -> None:
     """One report from parts run separately (each locked CPU command stays short)."""
     parts = [json.loads(p.read_text()) for p in args.combine]
-    results: dict = {}
-    for part in parts:
-        for obj, starts in part["results"].items():
-            for start, by_method in starts.items():
-                results.setdefault(obj, {}).setdefault(start, {}).update(by_method)
     for part in parts:  # labels of earlier parts, before the default changed
         for starts in part["results"].values():
             for by in starts.values():
                 for old, new in RENAMED.items():
                     if old in by:
                         by[new] = by.pop(old)
+    results: dict = {}
+    for part in parts:
+        for obj, starts in part["results"].items():
+            for start, by_method in starts.items():
+                results.setdefault(obj, {}).setdefault(start, {}).update(by_method)
     order = list(METHODS)
     for obj in results:
         for start in results[obj]:
             by = results[obj][start]
             results[obj][start] = {m: by[m] for m in sorted(by, key=order.index)}
     report = parts[0] | {"cpu_seconds": sum(p["cpu_seconds"] for p in parts),
-                         "results": results}
+                         "parts": [str(p) for p in args.combine], "results": results}
     args.out_json.write_text(json.dumps(report, indent=1) + "\n")
     figure(results, args.out_png)
     print(f"wrote {args.out_json} and {args.out_png}")
