@@ -48,6 +48,7 @@ ROOT = Path(__file__).parents[1]
 OUT_JSON = ROOT / "benchmarks" / "results" / "tuner_sampler.json"
 OUT_PNG = ROOT / "docs" / "figures" / "tuner_sampler.png"
 JOURNAL = ROOT / "benchmarks" / "results" / "landscapes" / "ridgeline.journal"
+BN_TABLE = ROOT / "benchmarks" / "results" / "bn_table.json"
 CAP = 40  # trials per study: the budget of `ridgeline tune` (max_evals 40)
 TABLE_NOISE, TABLE_TARGET = 0.33, 0.33  # pp: cpu-mini's seed std; target = one seed std
 NOISY = 0.58  # pp: the robustness check's noise
@@ -109,6 +110,58 @@ def table_objective() -> tuple[callable, dict]:
     box = table.box()
     return (lambda rep, sigma: Objective(clean, sigma, box, TABLE_TARGET, table.best, cost)), \
         starts
+
+
+def bn_table_objective() -> tuple[callable, dict] | None:
+    """benchmarks/results/bn_table.json (branch ``tables``: a small BatchNorm net, 10 λ × 5 (1−ρ)
+    × 7 α, 2 seeds a cell): an evaluation is one of the cell's two real seeds, picked by a hash
+    of (cell, seed, repetition); the target is one seed std of the best cell mean."""
+    if not BN_TABLE.exists():
+        return None
+    data = json.loads(BN_TABLE.read_text())
+    cells = {}
+    for cell in data["cells"].values():
+        key = tuple(round(math.log2(v)) for v in _logs(cell))
+        cells[key] = ([None if a is None else 100 * a for a in cell["acc"]],
+                      float(np.mean(cell["epochs"])))
+    means = {k: float(np.mean(a)) for k, (a, _) in cells.items() if a and None not in a}
+    best, std = max(means.values()), 100 * data["seed_std"]
+    axes = data["axes"]
+    box = {"lr": _edges(axes["lr"]), "one_minus_momentum": _edges(axes["one_minus_momentum"]),
+           "weight_decay": _edges(axes["weight_decay"])}
+
+    def key(p: dict) -> tuple:
+        return tuple(round(math.log2(v)) for v in _logs(p))
+
+    class Bn(Objective):
+        def __call__(self, rep: int, flat: bool):
+            def objective(trial: optuna.Trial) -> float:
+                p = {"lr": trial.suggest_float("lr", *box["lr"], log=True),
+                     "momentum": trial.suggest_float("momentum",
+                                                     1 - box["one_minus_momentum"][1],
+                                                     1 - box["one_minus_momentum"][0]),
+                     "weight_decay": trial.suggest_float("weight_decay", *box["weight_decay"],
+                                                         log=True)}
+                seed = trial.suggest_int("seed", 0, 10**6) if flat else trial.number
+                trial.set_user_attr("point", p)
+                accs, _ = cells.get(key(p), ([None], 0.0))
+                pick = zlib.crc32(repr((key(p), seed, rep)).encode()) % len(accs)
+                return math.nan if accs[pick] is None else accs[pick]
+            return objective
+
+    def clean(p: dict) -> float:
+        return means.get(key(p), math.nan)
+
+    obj = Bn(clean, 0.0, box, std, best, lambda p: cells.get(key(p), (None, 4.0))[1])
+    starts = {"bad": dict(data["description"]["bad_start"]),
+              "centre": {"lr": 0.032, "momentum": 0.875, "weight_decay": 0.0025}}
+    return (lambda rep: obj), starts
+
+
+def _edges(centres: list[float]) -> tuple[float, float]:
+    """A log2 axis of factor-2 cells: its outer edges, half a step beyond the centres."""
+    lo, hi = min(centres), max(centres)
+    return lo / math.sqrt(2), hi * math.sqrt(2)
 
 
 def _cell_epochs(table, preset) -> dict:
@@ -252,6 +305,8 @@ def main() -> None:
         "synthetic-noisy": (lambda rep: synthetic(rep, NOISY, NOISY), syn.STARTS, args.reps),
         "table": (lambda rep: table(rep, TABLE_NOISE), table_starts, args.table_reps),
     }
+    if (bn := bn_table_objective()) is not None:
+        objectives["bn-table"] = (bn[0], bn[1], args.table_reps)
     methods = args.methods or list(METHODS)
     t0 = time.process_time()
     results: dict = {}
