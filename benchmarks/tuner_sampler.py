@@ -6,6 +6,8 @@ Objectives (docs/tuner.md, "FlatDirectionSampler benchmark"):
   landscape with σ = 0.58 pp (``synthetic-noisy``), a robustness check at 4× the noise.
 * ``table``: the 150-cell cpu-mini λ × ρ × α table (benchmarks/tuner_tabular.py) with
   N(0, 0.33 pp) added to every lookup, the measured seed-to-seed std.
+* ``bn-table``: benchmarks/results/bn_table.json (a small BatchNorm CNN, 350 cells × 2 real
+  seeds, from branch ``tables``) when present; target one seed std of the best cell.
 
 Every objective suggests ``lr``, ``momentum`` (linear) and ``weight_decay`` (log) over the
 method's box and a ``seed``: FlatDirectionSampler gives the replicate index; the other samplers'
