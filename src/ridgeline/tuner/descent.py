@@ -151,8 +151,11 @@ class _Search:
     """The sequential algorithm. It only ever asks ``Calls`` for values, in a fixed order."""
 
     def __init__(self, system, start, order, max_evals, min_improvement, bounds, accelerate,
-                 on_run) -> None:
+                 on_run, max_level: int = 1) -> None:
         self.system, self.accelerate, self.on_run = system, accelerate, on_run
+        # Replicates per compared point: 1, raised by one each time a cycle improves nothing,
+        # up to max_level (1: stop there, Page's rule; see refine()).
+        self.level, self.max_level, self.spent = 1, max_level, 0
         self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
         self.start = {k: v for k, v in start.items() if k in system.space.names}
         self.origin = system.to_coords(start)
@@ -180,25 +183,40 @@ class _Search:
         return all(lo <= params[n] <= hi for n, (lo, hi) in self.bounds.items())
 
     def run(self, calls: Calls) -> str:
-        """Cycle through the coordinates until a full cycle (rolling) improves nothing."""
+        """Cycle through the coordinates until a full cycle improves nothing at max_level."""
         self.calls = calls
         try:
             self.best = self.key0
             first = self.need(self.best, None, None)
             first.accepted = True
             self.report(first)
-            failures, i = 0, 0
-            while failures < len(self.order):
-                c = self.order[i % len(self.order)]
-                improved = self.line_search(c)
-                # After an improvement the coordinate counts as one failed search when both
-                # lattice neighbours of the new best are known to lose (always so for
-                # "double"; "accelerate" may stop refining before it knows both).
-                failures = failures + 1 if not improved else int(self.at_line_optimum(c))
-                i += 1
+            self.cycle(0)
+            while self.level < self.max_level:
+                self.level += 1
+                self.need(self.best, None, None)
+                self.cycle(0)
         except _BudgetSpent:
             return "max_evals"
         return "converged"
+
+    def cycle(self, i: int) -> None:
+        """Line searches in turn until a full cycle (rolling) improves nothing.
+
+        With noise, a cycle that ends this way is often a lucky incumbent or an unlucky rival
+        rather than an optimum; ``run`` then raises ``level`` and cycles again, so the same
+        comparisons are redone on means over more seeds (the points already run only get the
+        missing seeds). Before the first stop nothing changes, so a search that is on target
+        early costs no more.
+        """
+        failures = 0
+        while failures < len(self.order):
+            c = self.order[i % len(self.order)]
+            improved = self.line_search(c)
+            # After an improvement the coordinate counts as one failed search when both
+            # lattice neighbours of the new best are known to lose (always so for
+            # "double"; "accelerate" may stop refining before it knows both).
+            failures = failures + 1 if not improved else int(self.at_line_optimum(c))
+            i += 1
 
     def line_search(self, c: int) -> bool:
         """×2; if no better, ÷2; then, while it improves, the same step again ("double") or
@@ -293,8 +311,9 @@ class _Search:
         ahead = [k * (self.reach(j) - 1) for j in depth]
         self.speculate([_step(key, c, a) for a in ahead], c)
         fresh = key not in self.runs
+        incumbent = self.need(self.best, None, None)  # topped up to this level first
         run = self.need(key, self.system.names[c], 2.0**k)
-        won = run.value > self.runs[self.best].value + self.threshold
+        won = run.value > incumbent.value + self.threshold
         if won:
             self.best, run.accepted = key, True
         if fresh:
@@ -308,7 +327,7 @@ class _Search:
 
     def speculate(self, keys: list[tuple[int, ...]], c: int) -> None:
         """Offer points the line search may need next; ``Calls`` starts those it has room for."""
-        room = self.max_evals - len(self.history)
+        room = self.max_evals - self.spent
         for key in keys:
             params = self.params(key)
             if key not in self.runs and self.in_bounds(params):
@@ -318,22 +337,29 @@ class _Search:
                     return
 
     def need(self, key: tuple[int, ...], coordinate: str | None, factor: float | None) -> Run:
-        if key in self.runs:
-            return self.runs[key]
-        if len(self.history) >= self.max_evals:
+        """The run at ``key`` scored over ``level`` seeds: run now, or topped up if it has
+        fewer (the same Run, its value re-averaged)."""
+        run = self.runs.get(key)
+        if run is not None and len(run.values) >= self.level:
+            return run
+        if self.spent >= self.max_evals:
             raise _BudgetSpent
         ctx = Context(self.params(key), self.coords(key), coordinate, factor)
-        number = len(self.history) + 1
-        point = self.calls.need(key, ctx, number)
+        number = run.run if run is not None else len(self.history) + 1
+        point = self.calls.need(key, ctx, number, self.level)
+        self.spent += self.level - (len(run.values) if run is not None else 0)
         values = tuple(c.value for c in point.calls)
         diverged = any(c.diverged for c in point.calls)
-        run = Run(
-            run=number, params=ctx.params, coords=ctx.coords,
+        fields = dict(
             value=-math.inf if diverged else math.fsum(values) / len(values),
-            diverged=diverged, coordinate=coordinate, factor=factor, values=values,
-            trials=tuple(c.number for c in point.calls),
+            diverged=diverged, values=values, trials=tuple(c.number for c in point.calls),
             replayed=all(c.replayed for c in point.calls),
         )
+        if run is not None:
+            run.__dict__.update(fields)
+            return run
+        run = Run(run=number, params=ctx.params, coords=ctx.coords, coordinate=coordinate,
+                  factor=factor, **fields)
         self.history.append(run)
         self.runs[key] = run
         return run

@@ -72,7 +72,9 @@ class Calls:
         self.n_calls = self.n_replayed = 0
         store.recover()
 
-    def need(self, key, ctx: Context, number: int) -> _Point:
+    def need(self, key, ctx: Context, number: int, level: int = 1) -> _Point:
+        """The point's calls, one per seed, run or replayed (``level`` is the search's
+        replicate level: ``tune`` keeps it at 1 and scores each point with its fixed seeds)."""
         point = self.points.get(key) or self.start(key, ctx)
         point.run = number
         for call in point.calls:

@@ -1,0 +1,329 @@
+"""Page's tuner as an Optuna sampler: ``ridgeline.FlatDirectionSampler``.
+
+    sampler = ridgeline.FlatDirectionSampler(
+        start={"lr": 1e-3, "momentum": 0.5, "weight_decay": 1e-2}, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler, storage=...)
+    study.optimize(objective, n_trials=40)
+
+The search is ``tuner.descent._Search``, the same deterministic coordinate descent that
+``ridgeline tune`` runs, on the lattice of powers of 2 from ``start`` in the coordinates of
+``invariants`` (completed by free parameters; u = λα/(1−ρ), 1−ρ, α by default): a move along a
+coordinate other than an invariant holds every invariant fixed exactly.
+
+**State is the study's trials.** Before each trial the search is re-run from the start against
+a lookup of the study's trials; the first point it needs that no trial covers is proposed. A
+point whose trial is still RUNNING counts, for this proposal only, as a loss, so the search
+goes on to the next point it may need: parallel workers (``n_jobs``, several processes) get
+distinct points, and every decision is still made on finished values only, as the sequential
+search would. Resuming is ``optuna.load_study`` with a new sampler: nothing finished is
+proposed again.
+
+Trials as the lookup reads them (a trial counts when its params are on the lattice):
+
+* COMPLETE: its value; −inf when its user attr ``diverged`` is true (ridgeline's ledger).
+* FAIL from a NaN returned by the objective: diverged, −inf, never proposed again. Optuna's
+  public API records a NaN and a raise the same way (FAIL, no values), so the rule is: a FAIL
+  that this sampler's ``after_trial`` saw is confirmed diverged when the next trial starts in
+  the same process (``study.optimize`` went on), and is then listed in the study user attr
+  ``ridgeline:diverged``. A raise that ends ``study.optimize``, or a process that died, leaves
+  no such record, and the point is proposed again. (Consequences: an exception swallowed by
+  ``catch=`` counts as diverged, and a NaN in the very last trial of a process is run again.)
+* RUNNING: pending. WAITING and PRUNED trials, and FAIL not confirmed as above: ignored.
+
+**Noise.** A cycle of line searches that improves nothing does not end the search: the
+replicate level rises (``max_level``), and the incumbent and each rival are compared again as
+means over that many seeds, run only for the seeds they lack. Replicate ``r`` of a point is
+the trial whose ``seed_param`` (default ``"seed"``, if the objective suggests it) is ``r``, or
+the point's ``r``-th trial when the objective suggests no seed. Only after a cycle at
+``max_level`` improves nothing does the sampler call ``study.stop()``, recording why in the
+study user attr ``ridgeline:stopped``. docs/tuner.md measures the levels.
+
+Parameters that ``start`` does not name go to ``independent_sampler`` (TPE by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from ridgeline.errors import TuneError
+from ridgeline.tuner.descent import _Search
+from ridgeline.tuner.invariants import CoordinateSystem
+from ridgeline.tuner.monomials import Space
+from ridgeline.tuner.settings import LINE_SEARCHES
+
+__all__ = ["DIVERGED_ATTR", "FlatDirectionSampler", "STOPPED_ATTR"]
+
+DEFAULT_INVARIANTS = ("lr*weight_decay/(1-momentum)",)
+DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials that diverged
+STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
+LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
+MAX_LEVEL = 3  # docs/tuner.md: replicate levels measured
+
+
+class FlatDirectionSampler(BaseSampler):
+    """Cyclic coordinate descent along the flat directions of BatchNorm networks.
+
+    ``start`` names the tuned parameters and the first point; ``complement`` those that enter
+    as ``1-x`` (in [0, 1), stepped in log(1−x)); ``invariants`` are monomials held fixed by
+    every move along another coordinate. ``min_improvement`` and ``line_search`` are the
+    search's (``tuner.descent.tune``); ``max_level`` caps the replicates per point (module
+    docstring); ``max_evals`` caps the evaluations the search asks for (None: only
+    ``n_trials`` does). ``seed`` seeds the default ``independent_sampler``.
+    """
+
+    def __init__(
+        self,
+        *,
+        start: Mapping[str, float],
+        invariants: Sequence[str] = DEFAULT_INVARIANTS,
+        complement: Sequence[str] = ("momentum",),
+        min_improvement: float = 0.0,
+        line_search: str = "accelerate",
+        max_level: int = MAX_LEVEL,
+        max_evals: int | None = None,
+        seed_param: str = "seed",
+        independent_sampler: BaseSampler | None = None,
+        seed: int | None = None,
+    ) -> None:
+        space = Space(tuple(start), complement=[n for n in complement if n in start])
+        self._system = CoordinateSystem(space, invariants)
+        self._system.to_coords(start)  # a start outside the space's domain fails here
+        if line_search not in LINE_SEARCHES:
+            raise TuneError(f"line_search {line_search!r} is not one of {list(LINE_SEARCHES)}")
+        if max_level < 1 or (max_evals is not None and max_evals < 1):
+            raise TuneError("max_level and max_evals must be >= 1")
+        self._start = dict(start)
+        self._search_args = dict(min_improvement=min_improvement, max_level=max_level,
+                                 accelerate=line_search == "accelerate",
+                                 max_evals=max_evals or 2**62)
+        self._seed_param = seed_param
+        self._independent = independent_sampler or optuna.samplers.TPESampler(seed=seed)
+        self._lock = threading.Lock()
+        self._proposals: dict[int, _Proposal] = {}  # this process's trials not yet finished
+        self._unconfirmed: set[int] = set()  # FAILs seen by after_trial, see the docstring
+
+    # ------------------------------------------------------------------ Optuna's interface
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna calls this when a trial is created, before anything is sampled: the
+        proposal is chosen here, under a lock, so ``n_jobs`` threads see each other's."""
+        with self._lock:
+            self._confirm_diverged(study)
+            proposal, stopped = self._propose(study)
+            if stopped is not None:
+                _stop(study, stopped)
+            self._proposals[trial.number] = proposal
+        self._independent.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        """Optuna calls this at trial creation: empty, as every tuned value is a fixed
+        proposal given in :meth:`sample_independent` (whose ranges are known only there)."""
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        """Optuna calls this after :meth:`infer_relative_search_space`: nothing to sample."""
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str,
+                           param_distribution: BaseDistribution):
+        """Optuna calls this for each ``trial.suggest_*``: a tuned name gets the proposal
+        (checked against the suggested range), ``seed_param`` the replicate index, any
+        other name the independent sampler's value."""
+        proposal = self._proposals.get(trial.number)
+        if proposal is not None and name in self._start:
+            return _inside(name, proposal.params[name], param_distribution)
+        if proposal is not None and name == self._seed_param:
+            return _inside(name, proposal.replicate, param_distribution)
+        return self._independent.sample_independent(study, trial, name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        """Optuna calls this when a trial ends, before its state is stored: a FAIL is
+        remembered (docstring: NaN or a raise), and the study is stopped when the search has
+        nothing left to try."""
+        with self._lock:
+            self._proposals.pop(trial.number, None)
+            if state == TrialState.FAIL:
+                self._unconfirmed.add(trial.number)
+            elif state == TrialState.COMPLETE:
+                _, stopped = self._propose(study, {trial.number: values[0]})
+                if stopped is not None:
+                    _stop(study, stopped)
+        self._independent.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Optuna calls this in each worker of ``n_jobs``; the search itself is random-free."""
+        self._independent.reseed_rng()
+
+    # ------------------------------------------------------------------ the search
+
+    def _propose(self, study: optuna.Study, finished: Mapping[int, float] | None = None):
+        """(the next proposal, why the search is over or None), from the study's trials."""
+        lookup = _Lookup(self, study, dict(finished or {}))
+        search = _Search(self._system, self._start, None, bounds=lookup.bounds(),
+                         on_run=None, **self._search_args)
+        try:
+            stopped = search.run(lookup)
+        except _Propose as p:
+            return p.proposal, None
+        best = search.best
+        reeval = _Proposal(search.params(best), lookup.next_replicate(best))
+        if lookup.waiting:  # every point it may need is running: measure the best again
+            return reeval, None
+        level = search.level
+        why = (f"{stopped}: no move beat the best at {level} seed(s) per point"
+               if stopped == "converged" else f"{stopped}: the search's budget is spent")
+        return reeval, why
+
+    def _key(self, params: Mapping) -> tuple[int, ...] | None:
+        """The lattice key of stored params, or None off the lattice (another start)."""
+        try:
+            coords = self._system.to_coords(params)
+        except (KeyError, ValueError, ArithmeticError):
+            return None
+        origin = self._system.to_coords(self._start)
+        exps = [math.log2(coords[n] / origin[n]) for n in self._system.names]
+        key = tuple(round(e) for e in exps)
+        if any(abs(e - k) > LATTICE_TOL for e, k in zip(exps, key, strict=True)):
+            return None
+        return key
+
+    def _confirm_diverged(self, study: optuna.Study) -> None:
+        """A new trial in this process: the FAILs seen so far were NaNs (docstring)."""
+        if self._unconfirmed:
+            known = set(study.user_attrs.get(DIVERGED_ATTR, ()))
+            study.set_user_attr(DIVERGED_ATTR, sorted(known | self._unconfirmed))
+            self._unconfirmed.clear()
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    params: dict
+    replicate: int
+
+
+class _Propose(Exception):  # noqa: N818 - control flow: the search needs an unrun point
+    def __init__(self, proposal: _Proposal) -> None:
+        self.proposal = proposal
+
+
+@dataclass
+class _Value:
+    """One replicate as ``_Search`` reads it (``trials.Calls``' call, from a stored trial)."""
+
+    value: float
+    diverged: bool
+    number: int
+    replayed: bool = True
+
+
+@dataclass
+class _Point:
+    calls: list[_Value]
+
+
+class _Lookup:
+    """``_Search``'s calls answered from the study's trials (see the module docstring):
+    ``need`` returns finished values, raises ``_Propose`` for the first unrun replicate and
+    scores a point with a RUNNING replicate as a loss (``waiting``)."""
+
+    workers = 1  # speculation comes from the RUNNING trials instead
+
+    def __init__(self, sampler: FlatDirectionSampler, study: optuna.Study,
+                 finished: dict[int, float]) -> None:
+        self.sampler, self.waiting = sampler, False
+        self.done: dict[tuple, dict[int, _Value]] = {}
+        self.running: dict[tuple, set[int]] = {}
+        self.dists: dict[str, BaseDistribution] = {}
+        diverged = set(study.user_attrs.get(DIVERGED_ATTR, ())) | sampler._unconfirmed
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            self.dists.update(t.distributions)
+        pending = [(n, p.params, p.replicate) for n, p in sampler._proposals.items()
+                   if n not in finished]  # proposed in this process: pending, params or not
+        for t in sorted(trials, key=lambda t: t.number):
+            if t.number in finished:
+                self.add(t.params, t.number, _read(finished[t.number]), t.params)
+            elif t.state == TrialState.COMPLETE:
+                value = -math.inf if t.user_attrs.get("diverged") else t.value
+                self.add(t.params, t.number, _read(value), t.params)
+            elif t.state == TrialState.FAIL and t.number in diverged:
+                self.add(t.params, t.number, _read(-math.inf), t.params)
+            elif t.state == TrialState.RUNNING and t.number not in sampler._proposals:
+                self.add(t.params, t.number, None, t.params)
+        for number, params, replicate in pending:
+            self.add(params, number, None, {sampler._seed_param: replicate})
+
+    def add(self, params: Mapping, number: int, value: _Value | None, seeded: Mapping) -> None:
+        key = self.sampler._key(params)
+        if key is None:
+            return
+        done, running = self.done.setdefault(key, {}), self.running.setdefault(key, set())
+        replicate = seeded.get(self.sampler._seed_param)
+        if not isinstance(replicate, int):  # no seed param: replicates in trial order
+            replicate = next(r for r in range(len(done) + len(running) + 1)
+                             if r not in done and r not in running)
+        if replicate in done or replicate in running:
+            return  # a duplicate (two processes proposed the same point): the first counts
+        if value is None:
+            running.add(replicate)
+        else:
+            done[replicate] = _Value(value.value, value.diverged, number)
+
+    def bounds(self) -> dict[str, tuple[float, float]]:
+        """The suggested ranges seen so far (none before the first suggest)."""
+        return {n: (d.low, d.high) for n, d in self.dists.items()
+                if n in self.sampler._start and isinstance(d, FloatDistribution)}
+
+    def next_replicate(self, key: tuple) -> int:
+        taken = self.done.get(key, {}).keys() | self.running.get(key, set())
+        return next(r for r in range(len(taken) + 1) if r not in taken)
+
+    def need(self, key, ctx, number: int, level: int = 1) -> _Point:
+        done, running = self.done.get(key, {}), self.running.get(key, set())
+        missing = [r for r in range(level) if r not in done]
+        unrun = [r for r in missing if r not in running]
+        if unrun:
+            raise _Propose(_Proposal(ctx.params, unrun[0]))
+        if missing:
+            self.waiting = True
+            return _Point([_Value(-math.inf, True, -1, False)])
+        return _Point([done[r] for r in range(level)])
+
+    def speculate(self, key, ctx, room: int) -> bool:
+        return False
+
+
+def _read(value: float | None) -> _Value:
+    """A finished replicate: None and non-finite values are diverged (−inf)."""
+    if value is None or not math.isfinite(value):
+        return _Value(-math.inf, True, -1)
+    return _Value(float(value), False, -1)
+
+
+def _inside(name: str, value, dist: BaseDistribution):
+    """The proposal, if the objective's range allows it; else one line naming both."""
+    low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+    if isinstance(dist, IntDistribution):
+        value = int(value)
+    if low is not None and not low <= value <= high:
+        raise TuneError(f"{name}={value:.6g} is outside the range the objective suggests, "
+                        f"[{low:.6g}, {high:.6g}]: widen it or move the sampler's start")
+    return value
+
+
+def _stop(study: optuna.Study, why: str) -> None:
+    """Record why, then stop ``study.optimize`` (outside it there is nothing to stop)."""
+    if study.user_attrs.get(STOPPED_ATTR) != why:
+        study.set_user_attr(STOPPED_ATTR, why)
+    with contextlib.suppress(RuntimeError):  # ask/tell use, not inside optimize
+        study.stop()
