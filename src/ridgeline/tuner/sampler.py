@@ -28,7 +28,9 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
   ``ridgeline:diverged``. A raise that ends ``study.optimize``, or a process that died, leaves
   no such record, and the point is proposed again. (Consequences: an exception swallowed by
   ``catch=`` counts as diverged, and a NaN in the very last trial of a process is run again.)
-* RUNNING: pending. WAITING and PRUNED trials, and FAIL not confirmed as above: ignored.
+* PRUNED (a pruner stopped it, e.g. ridgeline.runs.pruning.PruningHook): a loss, −inf, never
+  proposed again: a pruned run counts as worse than any finished one.
+* RUNNING: pending. WAITING trials, and FAIL not confirmed as above: ignored.
 
 **Noise.** A cycle of line searches that improves nothing does not end the search: the
 replicate level rises (``max_level``), and the incumbent and each rival are compared again as
@@ -256,7 +258,8 @@ class _Lookup:
             elif t.state == TrialState.COMPLETE:
                 value = -math.inf if t.user_attrs.get("diverged") else t.value
                 self.add(t.params, t.number, _read(value), t.params)
-            elif t.state == TrialState.FAIL and t.number in diverged:
+            elif (t.state == TrialState.FAIL and t.number in diverged
+                  or t.state == TrialState.PRUNED):  # pruned: worse than any finished run
                 self.add(t.params, t.number, _read(-math.inf), t.params)
             elif t.state == TrialState.RUNNING and t.number not in sampler._proposals:
                 self.add(t.params, t.number, None, t.params)
