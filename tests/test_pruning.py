@@ -28,9 +28,9 @@ class AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
-def _study(pruner):
+def _study(pruner, sampler=None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(direction="maximize", pruner=pruner)
+    return optuna.create_study(direction="maximize", pruner=pruner, sampler=sampler)
 
 
 def test_pruned_run_stops_after_its_first_report(data):
@@ -109,3 +109,28 @@ def test_stop_training_without_accuracy_measures_the_model(data):
 def test_chance_stop_rejects_bad_settings(kw):
     with pytest.raises(ValueError, match="ChanceStop needs"):
         ChanceStop(**kw)
+
+
+def test_flat_direction_sampler_never_reproposes_a_pruned_point():
+    import ridgeline
+
+    class PruneAfterFirst(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:
+            return trial.number > 0
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 1e-6, 10, log=True)
+        trial.suggest_float("momentum", 0.0, 0.999)
+        trial.suggest_float("weight_decay", 1e-8, 1, log=True)
+        trial.report(lr, 0)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return lr
+
+    sampler = ridgeline.FlatDirectionSampler(
+        start={"lr": 1e-3, "momentum": 0.5, "weight_decay": 1e-2}, seed=0)
+    study = _study(PruneAfterFirst(), sampler)
+    study.optimize(objective, n_trials=6)
+    pruned = [tuple(sorted(t.params.items())) for t in study.trials
+              if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == 5 and len(set(pruned)) == 5
