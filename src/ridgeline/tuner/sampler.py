@@ -113,6 +113,16 @@ class FlatDirectionSampler(BaseSampler):
         self._proposals: dict[int, _Proposal] = {}  # this process's trials not yet finished
         self._unconfirmed: set[int] = set()  # FAILs seen by after_trial, see the docstring
 
+    def __getstate__(self) -> dict:
+        """Picklable (Ray Tune's OptunaSearch pickles its sampler): the lock is made anew."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ------------------------------------------------------------------ Optuna's interface
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
