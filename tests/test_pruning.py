@@ -82,7 +82,7 @@ def test_learning_run_is_not_stopped(data):
 def test_chance_stop_recorded_as_complete_trial(data):
     study = _study(optuna.pruners.NopPruner())
     study.optimize(lambda t: train_trial(t, TINY.replace(lr=1e-6), "tiny", data=data,
-                                         device="cpu").test_acc, n_trials=1)
+                                         device="cpu", chance_stop=True).test_acc, n_trials=1)
     (t,) = study.trials
     assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(0.1)
     assert t.user_attrs[EPOCHS_ATTR] == 1

@@ -8,7 +8,10 @@ Two training hooks for ``ridgeline.cifar.train.train(hooks=...)`` (they use its 
   ``trial.should_prune()``: the study's pruner decides.
 * ``ChanceStop()`` ends a run whose mean train loss after epoch ``after_epoch`` is still within
   ``tol`` of ln(classes), the loss of a uniform guess, as a *finished* run at chance accuracy
-  (1/classes): a value the tuner can rank, neither a crash nor a NaN.
+  (1/classes): a value the tuner can rank, neither a crash nor a NaN. Off by default in
+  ``train_trial``: replayed on benchmarks/results/bn_table.json from Page's bad start, every
+  early run of the search is within 0.05 of ln 10 after epoch 1 (yet ends above chance), so
+  all of them tie at chance and the search stops at the start (docs/tuner.md, "Pruning").
 
 Compute is counted in epochs actually trained: ``epochs_trained(result)`` for a run, and
 ``study_epochs(study)`` for a study whose objective recorded them with ``record_epochs``.
@@ -109,7 +112,7 @@ def study_epochs(study: optuna.Study) -> int:
 
 
 def train_trial(trial: optuna.Trial, hparams, preset="cpu-mini", *, prune: bool = True,
-                chance_stop: bool = True, **train_kw):
+                chance_stop: bool = False, **train_kw):
     """Train ``hparams`` as ``trial``: per-epoch reports and pruning, the chance stop, and the
     epochs trained recorded on the trial. Returns the RunResult (test_acc None: diverged)."""
     from ridgeline.cifar.train import train
