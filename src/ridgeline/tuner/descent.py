@@ -151,11 +151,13 @@ class _Search:
     """The sequential algorithm. It only ever asks ``Calls`` for values, in a fixed order."""
 
     def __init__(self, system, start, order, max_evals, min_improvement, bounds, accelerate,
-                 on_run, max_level: int = 1) -> None:
+                 on_run, max_level: int = 1, recheck: str = "all", wide: bool = False) -> None:
         self.system, self.accelerate, self.on_run = system, accelerate, on_run
         # Replicates per compared point: 1, raised by one each time a cycle improves nothing,
-        # up to max_level (1: stop there, Page's rule; see refine()).
+        # up to max_level (1: stop there, Page's rule; see cycle()); "all" compared points
+        # get them, or only the incumbent ("best": a rival is topped up once it wins).
         self.level, self.max_level, self.spent = 1, max_level, 0
+        self.recheck_all, self.wide = recheck == "all", wide
         self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
         self.start = {k: v for k, v in start.items() if k in system.space.names}
         self.origin = system.to_coords(start)
@@ -230,6 +232,13 @@ class _Search:
                 else:
                     while self.try_step(c, direction):
                         pass
+                return True
+        # Refining (level > 1) on a shallow coordinate, one doubling may gain less than the
+        # noise where two show it: also try ×4 and ÷4 before the coordinate counts as failed.
+        for direction in (1, -1) if self.level > 1 and self.wide else ():
+            if self.try_step(c, 2 * direction):
+                if self.accelerate:
+                    self.refine(c, self.best[c] - 2 * direction, self.best[c] + 2 * direction)
                 return True
         return False
 
@@ -340,14 +349,16 @@ class _Search:
         """The run at ``key`` scored over ``level`` seeds: run now, or topped up if it has
         fewer (the same Run, its value re-averaged)."""
         run = self.runs.get(key)
-        if run is not None and len(run.values) >= self.level:
+        have = len(run.values) if run is not None else 0
+        level = self.level if self.recheck_all or key == getattr(self, "best", key) else 1
+        if run is not None and have >= level:
             return run
         if self.spent >= self.max_evals:
             raise _BudgetSpent
         ctx = Context(self.params(key), self.coords(key), coordinate, factor)
         number = run.run if run is not None else len(self.history) + 1
-        point = self.calls.need(key, ctx, number, self.level)
-        self.spent += self.level - (len(run.values) if run is not None else 0)
+        point = self.calls.need(key, ctx, number, level)
+        self.spent += level - have
         values = tuple(c.value for c in point.calls)
         diverged = any(c.diverged for c in point.calls)
         fields = dict(

@@ -33,12 +33,17 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
 * RUNNING: pending. WAITING trials, and FAIL not confirmed as above: ignored.
 
 **Noise.** A cycle of line searches that improves nothing does not end the search: the
-replicate level rises (``max_level``), and the incumbent and each rival are compared again as
-means over that many seeds, run only for the seeds they lack. Replicate ``r`` of a point is
-the trial whose ``seed_param`` (default ``"seed"``, if the objective suggests it) is ``r``, or
-the point's ``r``-th trial when the objective suggests no seed. Only after a cycle at
-``max_level`` improves nothing does the sampler call ``study.stop()``, recording why in the
-study user attr ``ridgeline:stopped``. docs/tuner.md measures the levels.
+replicate level rises, up to ``max_level``, and the cycle runs again. With ``recheck="best"``
+(the default) only the incumbent is scored as the mean over ``level`` seeds, which undoes the
+luck that made it the incumbent, and a rival that beats it is topped up once it is the best;
+``"all"`` tops up every compared point. While refining, ``wide`` also tries ×4 and ÷4 along a
+coordinate whose ×2 and ÷2 lose: on a shallow direction one doubling can gain less than the
+noise where two show it. Before the first such stop nothing changes, so a search that reaches
+the optimum early costs no more. Replicate ``r`` of a point is the trial whose ``seed_param``
+(default ``"seed"``, if the objective suggests it) is ``r``, or the point's ``r``-th trial
+when the objective suggests no seed. Once a cycle at ``max_level`` improves nothing the
+sampler calls ``study.stop()``, recording why in the study user attr ``ridgeline:stopped``.
+docs/tuner.md measures these settings.
 
 Parameters that ``start`` does not name go to ``independent_sampler`` (TPE by default).
 """
@@ -68,7 +73,8 @@ DEFAULT_INVARIANTS = ("lr*weight_decay/(1-momentum)",)
 DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials that diverged
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
 LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
-MAX_LEVEL = 3  # docs/tuner.md: replicate levels measured
+MAX_LEVEL = 8  # docs/tuner.md measures 1 to 8
+RECHECKS = ("all", "best")  # which points get the level's replicates: all compared, the best
 
 
 class FlatDirectionSampler(BaseSampler):
@@ -77,9 +83,10 @@ class FlatDirectionSampler(BaseSampler):
     ``start`` names the tuned parameters and the first point; ``complement`` those that enter
     as ``1-x`` (in [0, 1), stepped in log(1−x)); ``invariants`` are monomials held fixed by
     every move along another coordinate. ``min_improvement`` and ``line_search`` are the
-    search's (``tuner.descent.tune``); ``max_level`` caps the replicates per point (module
-    docstring); ``max_evals`` caps the evaluations the search asks for (None: only
-    ``n_trials`` does). ``seed`` seeds the default ``independent_sampler``.
+    search's (``tuner.descent.tune``); ``max_level``, ``recheck`` and ``wide`` say how it
+    refines instead of stopping (module docstring); ``max_evals`` caps the evaluations the
+    search asks for (None: only ``n_trials`` does). ``seed`` seeds the default
+    ``independent_sampler``.
     """
 
     def __init__(
@@ -91,6 +98,8 @@ class FlatDirectionSampler(BaseSampler):
         min_improvement: float = 0.0,
         line_search: str = "accelerate",
         max_level: int = MAX_LEVEL,
+        recheck: str = "best",
+        wide: bool = True,
         max_evals: int | None = None,
         seed_param: str = "seed",
         independent_sampler: BaseSampler | None = None,
@@ -104,7 +113,10 @@ class FlatDirectionSampler(BaseSampler):
         if max_level < 1 or (max_evals is not None and max_evals < 1):
             raise TuneError("max_level and max_evals must be >= 1")
         self._start = dict(start)
+        if recheck not in RECHECKS:
+            raise TuneError(f"recheck {recheck!r} is not one of {list(RECHECKS)}")
         self._search_args = dict(min_improvement=min_improvement, max_level=max_level,
+                                 recheck=recheck, wide=wide,
                                  accelerate=line_search == "accelerate",
                                  max_evals=max_evals or 2**62)
         self._seed_param = seed_param
