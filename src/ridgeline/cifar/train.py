@@ -42,6 +42,22 @@ class TrainHook(Protocol):
     def after_step(self, step: int, model: torch.nn.Module, lr: float,
                    loss: torch.Tensor) -> None: ...
     def result(self) -> dict: ...
+    # Optional (looked up with getattr, so older hooks need not define it):
+    # on_epoch_end(epoch, test_acc, train_loss) after each epoch but the last (epoch counts
+    # from 1; test_acc is None unless eval_each_epoch). It may raise StopTraining to end the run
+    # as finished, or any other exception (e.g. optuna.TrialPruned), which train() lets through.
+
+
+class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a hook's ``on_epoch_end`` to end a run early as a finished run.
+
+    The run's test_acc is ``test_acc`` (e.g. chance for a run stuck at chance), or the model's
+    measured accuracy when it is None; ``reason`` lands in extras['run']['stopped'].
+    """
+
+    def __init__(self, reason: str, test_acc: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.test_acc = reason, test_acc
 
 
 @dataclass
@@ -252,7 +268,8 @@ def train(
         h.on_train_start(model, opt, hp, total_steps)
 
     log: list[dict] = []
-    diverged, train_time, step = False, 0.0, 0
+    diverged, train_time, step, stop = False, 0.0, 0, None
+    epoch_hooks = [f for h in hooks if (f := getattr(h, "on_epoch_end", None)) is not None]
     bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"{preset.name} seed {seed}")
     for epoch in range(hp.epochs):
@@ -303,10 +320,19 @@ def train(
             entry["test_acc"] = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
                                          memory_format=fmt)
         log.append(entry)
+        if epoch + 1 < hp.epochs:
+            try:
+                for on_epoch_end in epoch_hooks:
+                    on_epoch_end(epoch + 1, entry.get("test_acc"), mean_loss)
+            except StopTraining as e:
+                stop = e
+                break
     bar.close()
 
     test_acc, eval_time = None, 0.0
-    if not diverged:
+    if stop is not None and stop.test_acc is not None:
+        test_acc = log[-1]["test_acc"] = stop.test_acc
+    elif not diverged:
         t_eval = time.perf_counter()
         test_acc = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
                             memory_format=fmt)
@@ -328,7 +354,8 @@ def train(
         versions=versions(),
         extras={"run": {"channels_last": channels_last, "compile_mode": compile_mode,
                         "compile_backend": compile_backend if compile_mode else None,
-                        "warmup_time": warmup_time, "eval_time": eval_time},
+                        "warmup_time": warmup_time, "eval_time": eval_time,
+                        "stopped": None if stop is None else stop.reason},
                 **{h.name: h.result() for h in hooks}},
         threads=torch.get_num_threads(),
     )

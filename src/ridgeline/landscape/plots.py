@@ -315,9 +315,11 @@ def plot_grid(grid: Grid, path, floor_pp: float = 3.0, fit: RidgeFit | None = No
     return save(fig, path, dpi=120, rect=(0, 0.07 if fit is not None else 0, 1, 1))
 
 
-def draw_heatmap(fig, ax, grid: Grid, floor_pp: float = 3.0) -> None:
-    """The annotated heatmap of ``grid`` on ``ax``, with its colour bar and log2 axes fixed to
-    the grid (shared by :func:`plot_grid` and the tuner's trajectory figure)."""
+def draw_heatmap(fig, ax, grid: Grid, floor_pp: float = 3.0, values: bool = True,
+                 alpha: float = 1.0) -> None:
+    """The heatmap of ``grid`` on ``ax`` (cell values written in when ``values``), with its
+    colour bar and log2 axes fixed to the grid (shared by :func:`plot_grid` and the tuner's
+    trajectory figure, which mutes it with ``alpha`` and leaves the values out)."""
     import matplotlib
 
     x, y = grid.row_coord, grid.col_coord
@@ -325,9 +327,10 @@ def draw_heatmap(fig, ax, grid: Grid, floor_pp: float = 3.0) -> None:
     best = float(np.nanmax(grid.mean)) * 100 if data.count() else 100.0
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
     mesh = ax.pcolormesh(_edges(x), _edges(y), data, cmap=cmap, shading="flat",
-                         vmin=best - floor_pp, vmax=best)
+                         vmin=best - floor_pp, vmax=best, alpha=alpha)
     fig.colorbar(mesh, ax=ax, label=f"test accuracy (%), clipped below best − {floor_pp:g}")
-    _annotate(ax, grid, mesh, x, y)
+    if values:
+        _annotate(ax, grid, mesh, x, y)
     _axes(ax, grid, x, y)
 
 

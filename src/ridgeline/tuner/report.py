@@ -148,7 +148,7 @@ def trajectory_figure(result: TuneResult, path, landscapes: Mapping[str, plots.G
     for ax, (axis, _) in zip(axes, PLANES, strict=False):
         grid = landscapes.get(axis)
         if grid is not None:
-            plots.draw_heatmap(fig, ax, grid, floor_pp)
+            plots.draw_heatmap(fig, ax, grid, floor_pp, values=False, alpha=0.45)
             ax.set_title(f"over {grid.name} (a slice: the path is projected)", fontsize=8)
         _draw_path(ax, result, axis, grid is not None)
     _draw_progress(axes[2], result)
@@ -156,19 +156,52 @@ def trajectory_figure(result: TuneResult, path, landscapes: Mapping[str, plots.G
     return save(fig, path, dpi=120)
 
 
+# where labels go (offset points): the best runs' boxes alternate right/left along the path
+_BEST_OFFSETS = ((10, 0), (-10, 0))
+
+
 def _draw_path(ax, result: TuneResult, axis: str, over_heatmap: bool) -> None:
+    """Every run a marker; runs at the same point share one label of their numbers. Only the
+    runs that became the best are labelled with their accuracy (boxed); the others carry
+    their number in grey, and the accuracy of every run is in the progress panel."""
     _, to_x, label = plots.RIDGE_COORD[axis]
     xs = np.array([to_x(r.params[axis]) for r in result.history])
     ys = np.array([r.params["lr"] for r in result.history])
     best = [i for i, r in enumerate(result.history) if r.accepted]
-    ax.plot(xs[best], ys[best], "-", color="red", lw=1.5, zorder=3, label="new best")
-    for i, r in enumerate(result.history):
-        marker = dict(marker="x", color="red") if r.diverged else dict(
-            marker="o", mfc="red" if r.accepted else "white", mec="black")
-        ax.plot(xs[i], ys[i], ls="none", ms=6, zorder=4, **marker)
-        ax.annotate(f"{r.run}: {_acc(None if r.diverged else r.value)}", (xs[i], ys[i]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=6, zorder=5,
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
+    ax.plot(xs[best], ys[best], "-", color="red", lw=1.8, zorder=3)
+    groups: dict[tuple, list[int]] = {}
+    for i in range(len(xs)):
+        groups.setdefault((round(math.log2(xs[i]), 6), round(math.log2(ys[i]), 6)), []).append(i)
+    n_best = 0
+    for members in groups.values():
+        runs = [result.history[i] for i in members]
+        i = members[0]
+        accepted = [r for r in runs if r.accepted]
+        if all(r.diverged for r in runs):
+            ax.plot(xs[i], ys[i], ls="none", marker="x", ms=7, mew=2, color="red", zorder=4)
+        else:
+            ax.plot(xs[i], ys[i], ls="none", marker="o", ms=7 if accepted else 5, zorder=4,
+                    mfc="red" if accepted else "white", mec="black")
+        dx, dy = 5, 6
+        if accepted:
+            dx, dy = _BEST_OFFSETS[n_best % len(_BEST_OFFSETS)]
+            n_best += 1
+            text = ", ".join(f"{r.run}: {_acc(r.value)}" for r in accepted)
+            others = [str(r.run) for r in runs if not r.accepted]
+            text += f" (+{','.join(others)})" if others else ""
+            style = dict(fontsize=7, color="black", fontweight="bold",
+                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="red", lw=0.8))
+        else:
+            text = ",".join(str(r.run) for r in runs)
+            style = dict(fontsize=6, color="0.25")
+        ax.annotate(text, (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                    ha="left" if dx > 0 else "right", va="center", zorder=6,
+                    annotation_clip=False, **style)
+    ax.plot([], [], "o-", color="red", mfc="red", mec="black", label="new best: run: accuracy")
+    ax.plot([], [], "o", mfc="white", mec="black", ls="none", label="other runs: run numbers")
+    if any(r.diverged for r in result.history):
+        ax.plot([], [], "x", color="red", ls="none", label="diverged")
+    ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
     if over_heatmap:
         _include(ax, xs, ys)
     else:
@@ -198,9 +231,13 @@ def _draw_progress(ax, result: TuneResult) -> None:
     diverged = [r.run for r in result.history if r.diverged]
     if diverged:
         ax.plot(diverged, [lowest] * len(diverged), "x", color="red", label="diverged")
-    ax.set_xlabel("run", fontsize=8)
+    for r, a in zip(result.history, acc, strict=True):
+        if r.accepted:
+            ax.annotate(str(r.run), (r.run, a), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7, color="red", fontweight="bold")
+    ax.set_xlabel("run (red numbers: the runs that became the best)", fontsize=8)
     ax.set_ylabel("test accuracy (%)", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 # ----------------------------------------------------------------------------- all outputs

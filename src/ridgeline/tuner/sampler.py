@@ -28,7 +28,9 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
   ``ridgeline:diverged``. A raise that ends ``study.optimize``, or a process that died, leaves
   no such record, and the point is proposed again. (Consequences: an exception swallowed by
   ``catch=`` counts as diverged, and a NaN in the very last trial of a process is run again.)
-* RUNNING: pending. WAITING and PRUNED trials, and FAIL not confirmed as above: ignored.
+* PRUNED (a pruner stopped it, e.g. ridgeline.runs.pruning.PruningHook): a loss, −inf, never
+  proposed again: a pruned run counts as worse than any finished one.
+* RUNNING: pending. WAITING trials, and FAIL not confirmed as above: ignored.
 
 **Noise.** A cycle of line searches that improves nothing does not end the search: the
 replicate level rises, up to ``max_level``, and the cycle runs again. With ``recheck="best"``
@@ -122,6 +124,16 @@ class FlatDirectionSampler(BaseSampler):
         self._lock = threading.Lock()
         self._proposals: dict[int, _Proposal] = {}  # this process's trials not yet finished
         self._unconfirmed: set[int] = set()  # FAILs seen by after_trial, see the docstring
+
+    def __getstate__(self) -> dict:
+        """Picklable (Ray Tune's OptunaSearch pickles its sampler): the lock is made anew."""
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ Optuna's interface
 
@@ -268,7 +280,8 @@ class _Lookup:
             elif t.state == TrialState.COMPLETE:
                 value = -math.inf if t.user_attrs.get("diverged") else t.value
                 self.add(t.params, t.number, _read(value), t.params)
-            elif t.state == TrialState.FAIL and t.number in diverged:
+            elif (t.state == TrialState.FAIL and t.number in diverged
+                  or t.state == TrialState.PRUNED):  # pruned: worse than any finished run
                 self.add(t.params, t.number, _read(-math.inf), t.params)
             elif t.state == TrialState.RUNNING and t.number not in sampler._proposals:
                 self.add(t.params, t.number, None, t.params)
