@@ -164,7 +164,7 @@ def test_a_connection_killed_mid_transaction_loses_nothing_committed(tmp_path, p
 
     study = st.open_study("torn", postgres_url)
     for i in range(3):
-        st.complete(study, study.ask(), i / 10)
+        st.complete(study, st.ask(study), i / 10)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-c", WRITER, postgres_url], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
