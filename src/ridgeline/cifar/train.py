@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -75,6 +76,28 @@ class RunResult:
     @classmethod
     def from_dict(cls, d: dict) -> RunResult:
         return cls(**d)
+
+
+class Laps:
+    """Line timers for a profile of the loop (benchmarks/profile_loop.py): ``lap(phase)`` adds
+    the seconds since the previous lap to ``seconds[phase]``, so the phases of an epoch sum to
+    its wall time. Exact on a CPU, where every op returns when done; on CUDA it times only the
+    host's side (kernel launches are asynchronous)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        t = time.perf_counter()
+        self.seconds[phase] += t - self.t
+        self.counts[phase] += 1
+        self.t = t
+
+
+def _no_lap(phase: str) -> None:
+    pass
 
 
 def lr_schedule(hp: HParams, steps_per_epoch: int) -> Callable[[int], float]:
@@ -201,6 +224,7 @@ def train(
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
     warmup: bool | None = None,
+    laps: Laps | None = None,
 ) -> RunResult:
     """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
 
@@ -212,7 +236,8 @@ def train(
     'default', 'max-autotune'; None = eager) compiles the model with torch.compile and
     ``compile_backend``. ``warmup`` (default: when compiling) runs :func:`warm_up` first, so
     compilation and autotuning land in extras['run']['warmup_time'], not in train_time;
-    extras['run'] also holds eval_time, the final evaluation's seconds.
+    extras['run'] also holds eval_time, the final evaluation's seconds. ``laps`` (a
+    :class:`Laps`) collects a per-phase profile of the training loop and evaluations.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     hp = hparams or preset.hparams
@@ -255,44 +280,60 @@ def train(
     diverged, train_time, step = False, 0.0, 0
     bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"{preset.name} seed {seed}")
+    lap = laps.lap if laps is not None else _no_lap
     for epoch in range(hp.epochs):
         t0 = time.perf_counter()
+        lap("other")
         x_all = augment.augment(padded, gen).contiguous(memory_format=fmt)
         order = torch.randperm(n_train, generator=gen, device=dev)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
+        lap("augment")
         for b in range(steps_per_epoch):
             idx = order[b * hp.batch_size:(b + 1) * hp.batch_size]
             x, y = x_all[idx], labels[idx]
+            lap("batch")
             lr = lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
+            lap("lr")
             for h in hooks:
                 h.before_step(step, model, lr)
+            lap("hooks")
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(x)
+            lap("forward")
             loss = F.cross_entropy(out.float(), y)
+            lap("loss")
             scaler.scale(loss).backward()
+            lap("backward")
             scaler.step(opt)
             scaler.update()
+            lap("optimizer")
             opt.zero_grad(set_to_none=True)
+            lap("zero_grad")
             for h in hooks:
                 h.after_step(step, model, lr, loss.detach())
+            lap("hooks")
             loss_sum += loss.detach()
             correct += (out.argmax(1) == y).sum()
             step += 1
+            lap("accumulate")
             if step % check_every == 0 and not math.isfinite(loss.item()):
                 diverged = True
                 break
+            lap("host_sync")
             if progress and (step % 10 == 0 or b == steps_per_epoch - 1):
                 elapsed = train_time + time.perf_counter() - t0
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{step * hp.batch_size / elapsed:.0f}", refresh=False)
                 bar.update(step - bar.n)
+            lap("other")
         seconds = time.perf_counter() - t0
         train_time += seconds
         mean_loss = loss_sum.item() / max(1, b + 1)
         diverged = diverged or not math.isfinite(mean_loss)
+        lap("host_sync")
         entry = {"epoch": epoch + 1, "train_loss": mean_loss if not diverged else None,
                  "train_acc": correct.item() / ((b + 1) * hp.batch_size), "lr": lr,
                  "seconds": seconds, "images_per_sec": (b + 1) * hp.batch_size / seconds}
@@ -300,17 +341,21 @@ def train(
             log.append(entry)
             break
         if eval_each_epoch and epoch + 1 < hp.epochs:
+            lap("other")
             entry["test_acc"] = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
                                          memory_format=fmt)
+            lap("eval")
         log.append(entry)
     bar.close()
 
     test_acc, eval_time = None, 0.0
     if not diverged:
+        lap("other")
         t_eval = time.perf_counter()
         test_acc = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
                             memory_format=fmt)
         eval_time = time.perf_counter() - t_eval
+        lap("eval")
         log[-1]["test_acc"] = test_acc
     return RunResult(
         test_acc=test_acc,
