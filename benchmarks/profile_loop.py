@@ -35,8 +35,8 @@ from ridgeline.versions import versions
 
 OUT = Path(__file__).parent / "results" / "profile_loop.json"
 STEP_PHASES = ("forward", "loss", "backward", "optimizer", "zero_grad")
-ORDER = ("augment", "batch", "lr", "hooks", *STEP_PHASES, "accumulate", "host_sync", "other",
-         "eval")
+ORDER = ("setup", "augment", "batch", "lr", "hooks", *STEP_PHASES, "accumulate", "host_sync",
+         "other", "eval")
 
 
 def cpu_name() -> str:
@@ -89,17 +89,18 @@ def pure_step_s(preset, hp, steps: int, repeats: int = 3) -> float:
 
 def table(prof: dict) -> str:
     steps, train_s = prof["steps"], prof["train_time"]
-    rows = ["| phase | ms per step | share of training time |", "|---|---|---|"]
+    rows = ["| phase | s in the run | ms per step | share of training time |",
+            "|---|---|---|---|"]
     for ph in ORDER:
         s = prof["seconds"].get(ph)
         if s is None:
             continue
-        share = f"{s / train_s:.1%}" if ph != "eval" else "(not in training time)"
-        rows.append(f"| {ph} | {1e3 * s / steps:.3f} | {share} |")
-    rows.append(f"| **step** ({' + '.join(STEP_PHASES)}) | {1e3 * prof['step_s'] / steps:.3f} "
-                f"| {prof['step_s'] / train_s:.1%} |")
-    rows.append(f"| **loop around the step** | {1e3 * prof['loop_s'] / steps:.3f} "
-                f"| {prof['loop_s'] / train_s:.1%} |")
+        share = f"{s / train_s:.1%}" if ph not in ("eval", "setup") else "(not training)"
+        rows.append(f"| {ph} | {s:.2f} | {1e3 * s / steps:.3f} | {share} |")
+    for name, key in ((f"**step** ({' + '.join(STEP_PHASES)})", "step_s"),
+                      ("**loop around the step**", "loop_s")):
+        rows.append(f"| {name} | {prof[key]:.2f} | {1e3 * prof[key] / steps:.3f} "
+                    f"| {prof[key] / train_s:.1%} |")
     return "\n".join(rows)
 
 

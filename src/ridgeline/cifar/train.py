@@ -281,6 +281,7 @@ def train(
     bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"{preset.name} seed {seed}")
     lap = laps.lap if laps is not None else _no_lap
+    lap("setup")
     for epoch in range(hp.epochs):
         t0 = time.perf_counter()
         lap("other")
