@@ -6,8 +6,11 @@ schedule, optimiser, precision and divergence handling live here and nowhere els
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -98,6 +101,36 @@ class Laps:
 
 def _no_lap(phase: str) -> None:
     pass
+
+
+_MALLOC_TUNED: bool | None = None
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
+
+
+def keep_freed_memory() -> bool:
+    """Trick "malloc thresholds": keep freed CPU tensors in the process instead of handing them
+    back to the kernel. Returns whether glibc accepted the setting (False off glibc).
+
+    glibc's malloc serves blocks above its mmap threshold (at most 32 MB, and activations at
+    N=512 are bigger) with fresh mmaps, and trims the heap whenever its free top exceeds the
+    trim threshold, so every step unmaps its activations and page-faults them back in: on a
+    2-core EPYC 57-82k minor faults per N=512 step, about a third of the step in the kernel.
+    Raising both thresholds (the MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ tuning, set at
+    run time with mallopt) lets the next step reuse the memory: 0 faults per step, 1.4-1.5×
+    the step rate. Process-wide and for the rest of the process: its RSS stays at its peak.
+    Numerics are unchanged (PyTorch aligns every CPU tensor to 64 bytes either way).
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is None:
+        _MALLOC_TUNED = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                _MALLOC_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+                                     and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+            except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+                pass
+    return _MALLOC_TUNED
 
 
 def lr_schedule(hp: HParams, steps_per_epoch: int) -> Callable[[int], float]:
@@ -253,6 +286,8 @@ def train(
         raise HParamError(f"batch_size={hp.batch_size} is not allowed: it must be <= the "
                           f"{n_train} training images of preset {preset.name!r}")
 
+    if dev.type == "cpu":
+        keep_freed_memory()
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
