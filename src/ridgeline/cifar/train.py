@@ -211,7 +211,7 @@ def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = 1000,
     return correct / len(images)
 
 
-def warm_up(model, opt, padded, labels, data, hp: HParams, dev, amp_dtype,
+def warm_up(model, opt, pair, labels, data, hp: HParams, dev, amp_dtype,
             memory_format: torch.memory_format, reps: int = 3) -> float:
     """Compile and autotune outside the timed loop; returns its seconds.
 
@@ -223,7 +223,7 @@ def warm_up(model, opt, padded, labels, data, hp: HParams, dev, amp_dtype,
     t = time.perf_counter()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     p = augment.PAD
-    crops = padded[:hp.batch_size, :, p:-p, p:-p].contiguous(memory_format=memory_format)
+    crops = pair[0, :hp.batch_size, :, p:-p, p:-p].contiguous(memory_format=memory_format)
     idx = torch.arange(hp.batch_size, device=dev)  # indexed like the loop's batches
     x, y = crops[idx], labels[idx]
     for _ in range(reps):
@@ -291,10 +291,14 @@ def train(
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    store_dtype = amp_dtype if (amp_dtype is not None and dev.type == "cuda") else torch.float32
-    padded = augment.pad(normalise(data.train_images.to(dev), store_dtype))
-    labels = data.train_labels.to(dev)
+    # Trick "bf16 epoch tensors" (CPU too, not only CUDA): under autocast the model's first op,
+    # a conv, casts its input to amp_dtype, so storing the normalised images in amp_dtype
+    # gives it the very same values, and the epoch's augmentation moves half the bytes.
+    store_dtype = amp_dtype if amp_dtype is not None else torch.float32
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    pair = augment.mirrored_pair(augment.pad(normalise(data.train_images.to(dev), store_dtype)),
+                                 fmt)
+    labels = data.train_labels.to(dev)
     model = ResNet9(preset.width).to(dev, memory_format=fmt)
     opt = make_optimizer(model, hp, setup(model) if setup else None)
     if compile_mode is not None:
@@ -302,7 +306,7 @@ def train(
                       mode=compile_mode if compile_backend == "inductor" else None)
     warmup_time = 0.0
     if (compile_mode is not None) if warmup is None else warmup:
-        warmup_time = warm_up(model, opt, padded, labels, data, hp, dev, amp_dtype, fmt)
+        warmup_time = warm_up(model, opt, pair, labels, data, hp, dev, amp_dtype, fmt)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
@@ -320,14 +324,14 @@ def train(
     for epoch in range(hp.epochs):
         t0 = time.perf_counter()
         lap("other")
-        x_all = augment.augment(padded, gen).contiguous(memory_format=fmt)
-        order = torch.randperm(n_train, generator=gen, device=dev)
+        # augment.epoch: the augmentation and the shuffle in one gather (tricks named there)
+        x_epoch, y_epoch = augment.epoch(pair, labels, gen, memory_format=fmt)
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.long)
         lap("augment")
         for b in range(steps_per_epoch):
-            idx = order[b * hp.batch_size:(b + 1) * hp.batch_size]
-            x, y = x_all[idx], labels[idx]
+            batch = slice(b * hp.batch_size, (b + 1) * hp.batch_size)
+            x, y = x_epoch[batch], y_epoch[batch]  # views of the shuffled epoch: no copy
             lap("batch")
             lr = lr_at(step)
             for g in opt.param_groups:
