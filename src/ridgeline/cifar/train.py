@@ -195,23 +195,41 @@ def normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ((images.float() - mean) / std).to(dtype)
 
 
-@torch.no_grad()
-def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = 1000,
+EVAL_BATCH = 500  # images per evaluation batch (see evaluate)
+
+
+def prepare_images(images: torch.Tensor, dev, dtype: torch.dtype,
+                   memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """uint8 images → normalised ``dtype`` on ``dev`` in ``memory_format``, for evaluate()."""
+    return normalise(images.to(dev), dtype).contiguous(memory_format=memory_format)
+
+
+@torch.inference_mode()  # trick "inference_mode": no autograd bookkeeping at all (≤ no_grad)
+def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = EVAL_BATCH,
              memory_format: torch.memory_format = torch.channels_last) -> float:
-    """Test accuracy over the whole set, in eval mode (BatchNorm running statistics)."""
+    """Test accuracy over the whole set, in eval mode (BatchNorm running statistics).
+
+    ``images`` are uint8 (normalised here, batch by batch) or already :func:`prepare_images`d,
+    as train() does once per run (trick "test set prepared once": normalised in the amp dtype
+    and laid out in ``memory_format``, so each of a run's evaluations only runs the model).
+    Trick "eval batch 500": on a 2-core EPYC, 500 images per batch took 1.16 s for the 10k
+    test set against 1.20-1.41 s at 1,000-2,500 (the activations stay in cache). The correct
+    count stays on the device until one read at the end.
+    """
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=dev)
     for i in range(0, len(images), batch_size):
-        x = normalise(images[i:i + batch_size].to(dev), torch.float32)
-        x = x.contiguous(memory_format=memory_format)
+        x = images[i:i + batch_size]
+        if x.dtype == torch.uint8:
+            x = prepare_images(x, dev, torch.float32, memory_format)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
-        correct += (out.argmax(1) == labels[i:i + batch_size].to(dev)).sum().item()
+        correct += (out.argmax(1) == labels[i:i + batch_size].to(dev)).sum()
     model.train()
-    return correct / len(images)
+    return correct.item() / len(images)
 
 
-def warm_up(model, opt, pair, labels, data, hp: HParams, dev, amp_dtype,
+def warm_up(model, opt, pair, labels, test_x, test_y, hp: HParams, dev, amp_dtype,
             memory_format: torch.memory_format, reps: int = 3) -> float:
     """Compile and autotune outside the timed loop; returns its seconds.
 
@@ -223,17 +241,16 @@ def warm_up(model, opt, pair, labels, data, hp: HParams, dev, amp_dtype,
     t = time.perf_counter()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     p = augment.PAD
-    crops = pair[0, :hp.batch_size, :, p:-p, p:-p].contiguous(memory_format=memory_format)
-    idx = torch.arange(hp.batch_size, device=dev)  # indexed like the loop's batches
-    x, y = crops[idx], labels[idx]
+    x = pair[0, :hp.batch_size, :, p:-p, p:-p].contiguous(memory_format=memory_format)
+    y = labels[:hp.batch_size]
     for _ in range(reps):
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x)
         F.cross_entropy(out.float(), y).backward()
     opt.zero_grad(set_to_none=True)
-    n_eval = min(1000, len(data.test_labels))  # evaluate()'s batch
+    n_eval = min(EVAL_BATCH, len(test_y))
     for _ in range(reps):
-        evaluate(model, data.test_images[:n_eval], data.test_labels[:n_eval], dev, amp_dtype,
+        evaluate(model, test_x[:n_eval], test_y[:n_eval], dev, amp_dtype,
                  memory_format=memory_format)
     model.load_state_dict(state)
     if dev.type == "cuda":
@@ -299,6 +316,8 @@ def train(
     pair = augment.mirrored_pair(augment.pad(normalise(data.train_images.to(dev), store_dtype)),
                                  fmt)
     labels = data.train_labels.to(dev)
+    test_x = prepare_images(data.test_images, dev, store_dtype, fmt)
+    test_y = data.test_labels.to(dev)
     model = ResNet9(preset.width).to(dev, memory_format=fmt)
     opt = make_optimizer(model, hp, setup(model) if setup else None)
     if compile_mode is not None:
@@ -306,7 +325,7 @@ def train(
                       mode=compile_mode if compile_backend == "inductor" else None)
     warmup_time = 0.0
     if (compile_mode is not None) if warmup is None else warmup:
-        warmup_time = warm_up(model, opt, pair, labels, data, hp, dev, amp_dtype, fmt)
+        warmup_time = warm_up(model, opt, pair, labels, test_x, test_y, hp, dev, amp_dtype, fmt)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
@@ -382,7 +401,7 @@ def train(
             break
         if eval_each_epoch and epoch + 1 < hp.epochs:
             lap("other")
-            entry["test_acc"] = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
+            entry["test_acc"] = evaluate(model, test_x, test_y, dev, amp_dtype,
                                          memory_format=fmt)
             lap("eval")
         log.append(entry)
@@ -392,7 +411,7 @@ def train(
     if not diverged:
         lap("other")
         t_eval = time.perf_counter()
-        test_acc = evaluate(model, data.test_images, data.test_labels, dev, amp_dtype,
+        test_acc = evaluate(model, test_x, test_y, dev, amp_dtype,
                             memory_format=fmt)
         eval_time = time.perf_counter() - t_eval
         lap("eval")
