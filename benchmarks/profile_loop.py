@@ -87,9 +87,10 @@ def git_commit() -> str | None:
         return None
 
 
-def pure_step_s(preset, hp, steps: int, repeats: int = 3) -> float:
+def pure_step(preset, hp, steps: int, repeats: int = 3) -> tuple[float, dict]:
     """Seconds per step of forward + loss + backward + optimiser + zero_grad on one fixed
-    batch (best of ``repeats``), the way train() runs it: bf16 autocast, channels_last."""
+    batch, the way train() runs it (bf16 autocast, channels_last), and per phase: the best of
+    ``repeats`` timings of ``steps`` steps."""
     torch.manual_seed(0)
     model = ResNet9(preset.width).to(memory_format=torch.channels_last)
     opt = make_optimizer(model, hp)
@@ -97,38 +98,49 @@ def pure_step_s(preset, hp, steps: int, repeats: int = 3) -> float:
     x = torch.randn(hp.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (hp.batch_size,))
 
-    def step():
+    def step(lap):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
-        F.cross_entropy(out.float(), y).backward()
+        lap("forward")
+        loss = F.cross_entropy(out.float(), y)
+        lap("loss")
+        loss.backward()
+        lap("backward")
         opt.step()
+        lap("optimizer")
         opt.zero_grad(set_to_none=True)
+        lap("zero_grad")
 
     for _ in range(3):
-        step()
-    best = float("inf")
+        step(lambda phase: None)
+    best, phases = float("inf"), {}
     for _ in range(repeats):
-        t = time.perf_counter()
+        laps = Laps()
         for _ in range(steps):
-            step()
-        best = min(best, (time.perf_counter() - t) / steps)
-    return best
+            step(laps.lap)
+        total = sum(laps.seconds.values()) / steps
+        if total < best:
+            best, phases = total, {k: v / steps for k, v in laps.seconds.items()}
+    return best, phases
 
 
 def table(prof: dict) -> str:
     steps, train_s = prof["steps"], prof["train_time"]
-    rows = ["| phase | s in the run | ms per step | share of training time |",
-            "|---|---|---|---|"]
+    pure = prof.get("pure_step_phases_s", {})
+    rows = ["| phase | s in the run | ms per step | share of training time | pure step, ms |",
+            "|---|---|---|---|---|"]
     for ph in ORDER:
         s = prof["seconds"].get(ph)
         if s is None:
             continue
         share = f"{s / train_s:.1%}" if ph not in ("eval", "setup") else "(not training)"
-        rows.append(f"| {ph} | {s:.2f} | {1e3 * s / steps:.3f} | {share} |")
+        ref = f"{1e3 * pure[ph]:.3f}" if ph in pure else ""
+        rows.append(f"| {ph} | {s:.2f} | {1e3 * s / steps:.3f} | {share} | {ref} |")
     for name, key in ((f"**step** ({' + '.join(STEP_PHASES)})", "step_s"),
                       ("**loop around the step**", "loop_s")):
+        ref = f"{1e3 * prof['pure_step_s']:.3f}" if key == "step_s" else ""
         rows.append(f"| {name} | {prof[key]:.2f} | {1e3 * prof[key] / steps:.3f} "
-                    f"| {prof[key] / train_s:.1%} |")
+                    f"| {prof[key] / train_s:.1%} | {ref} |")
     return "\n".join(rows)
 
 
@@ -154,7 +166,7 @@ def main() -> None:
     with CpuMeter() as meter:
         r = train(hp, preset, seed=a.seed, data=data, device="cpu",
                   eval_each_epoch=a.eval_each_epoch, laps=laps)
-    pure = pure_step_s(preset, hp, a.pure_steps)
+    pure, pure_phases = pure_step(preset, hp, a.pure_steps)
     steps = laps.counts["forward"]
     seconds = dict(laps.seconds)
     step_s = sum(seconds.get(ph, 0.0) for ph in STEP_PHASES)
@@ -168,7 +180,7 @@ def main() -> None:
         "wall_time": r.wall_time, "steps": steps, "seconds": seconds,
         "step_s": step_s, "loop_s": r.train_time - step_s,
         "loop_overhead_in_run": (r.train_time - step_s) / step_s,
-        "pure_step_s": pure,
+        "pure_step_s": pure, "pure_step_phases_s": pure_phases,
         "overhead_over_pure_step": r.train_time / (steps * pure) - 1,
         "epoch_seconds": [e["seconds"] for e in r.epochs],
     }
