@@ -282,6 +282,7 @@ def train(
     compile_backend: str = "inductor",
     warmup: bool | None = None,
     laps: Laps | None = None,
+    sync_every: int | None = None,
 ) -> RunResult:
     """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
 
@@ -293,8 +294,11 @@ def train(
     'default', 'max-autotune'; None = eager) compiles the model with torch.compile and
     ``compile_backend``. ``warmup`` (default: when compiling) runs :func:`warm_up` first, so
     compilation and autotuning land in extras['run']['warmup_time'], not in train_time;
-    extras['run'] also holds eval_time, the final evaluation's seconds. ``laps`` (a
+    extras['run'] also holds eval_time, the final evaluation's seconds, and eval_time_total,
+    all evaluations' (each epoch's is in its log entry as eval_seconds). ``laps`` (a
     :class:`Laps`) collects a per-phase profile of the training loop and evaluations.
+    ``sync_every`` (default 1 on CPU, 0 on CUDA) is how often, in steps, the loop reads the
+    running loss to stop a diverged run; 0 reads it once per epoch, the loop's only host sync.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     hp = hparams or preset.hparams
@@ -336,13 +340,24 @@ def train(
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
+    # Trick "lr table": the schedule (np.interp, ~60 µs a call) evaluated once for every step.
     lr_at = lr_schedule(hp, steps_per_epoch)
-    check_every = 1 if dev.type == "cpu" else 50  # .item() syncs a GPU; free on a CPU
+    lrs = [lr_at(s) for s in range(total_steps)]
+    lr_scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
+    # Trick "divergence without per-step syncs": NaN and inf propagate through the epoch's
+    # running loss sum, so one read of that device scalar sees every non-finite loss before it.
+    # It is read every `sync_every` steps (0: only at the end of the epoch). On a CPU a read
+    # waits for nothing (ops are synchronous; 0.2 µs), so every step, and a diverged run stops
+    # at once. On CUDA a read is a host sync that drains the launch queue, so by default only
+    # once per epoch: a diverged run finishes that epoch on NaNs (nothing raises) and is
+    # recorded as diverged the same way.
+    if sync_every is None:
+        sync_every = 1 if dev.type == "cpu" else 0
     for h in hooks:
         h.on_train_start(model, opt, hp, total_steps)
 
     log: list[dict] = []
-    diverged, train_time, step = False, 0.0, 0
+    diverged, train_time, eval_total, step = False, 0.0, 0.0, 0
     bar = tqdm(total=total_steps, disable=not progress, unit="step", dynamic_ncols=True,
                desc=f"{preset.name} seed {seed}")
     lap = laps.lap if laps is not None else _no_lap
@@ -353,15 +368,17 @@ def train(
         # augment.epoch: the augmentation and the shuffle in one gather (tricks named there)
         x_epoch, y_epoch = augment.epoch(pair, labels, gen, memory_format=fmt)
         loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
+        # Trick "argmax into a buffer": the step writes its predictions into the epoch's
+        # buffer (one op); they are compared with the labels once, at the end of the epoch.
+        preds = torch.empty_like(y_epoch)
         lap("augment")
         for b in range(steps_per_epoch):
             batch = slice(b * hp.batch_size, (b + 1) * hp.batch_size)
             x, y = x_epoch[batch], y_epoch[batch]  # views of the shuffled epoch: no copy
             lap("batch")
-            lr = lr_at(step)
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
+            lr = lrs[step]
+            for g, scale in zip(opt.param_groups, lr_scales, strict=True):
+                g["lr"] = lr * scale
             lap("lr")
             for h in hooks:
                 h.before_step(step, model, lr)
@@ -382,34 +399,43 @@ def train(
                 h.after_step(step, model, lr, loss.detach())
             lap("hooks")
             loss_sum += loss.detach()
-            correct += (out.argmax(1) == y).sum()
+            torch.argmax(out, 1, out=preds[batch])
             step += 1
             lap("accumulate")
-            if step % check_every == 0 and not math.isfinite(loss.item()):
+            if sync_every and step % sync_every == 0 and not math.isfinite(loss_sum.item()):
                 diverged = True
                 break
             lap("host_sync")
             if progress and (step % 10 == 0 or b == steps_per_epoch - 1):
                 elapsed = train_time + time.perf_counter() - t0
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}",
-                                img_s=f"{step * hp.batch_size / elapsed:.0f}", refresh=False)
+                bar.set_postfix(lr=f"{lr:.3g}", img_s=f"{step * hp.batch_size / elapsed:.0f}",
+                                refresh=False)  # the loss is shown per epoch: no sync here
                 bar.update(step - bar.n)
             lap("other")
+        n_seen = (b + 1) * hp.batch_size
+        # The epoch's host syncs (on CUDA they also wait for its queued work, before the clock)
+        mean_loss = loss_sum.item() / (b + 1)
+        n_correct = (preds[:n_seen] == y_epoch[:n_seen]).sum().item()
         seconds = time.perf_counter() - t0
         train_time += seconds
-        mean_loss = loss_sum.item() / max(1, b + 1)
         diverged = diverged or not math.isfinite(mean_loss)
         lap("host_sync")
+        if progress:
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}",
+                            img_s=f"{step * hp.batch_size / train_time:.0f}")
         entry = {"epoch": epoch + 1, "train_loss": mean_loss if not diverged else None,
-                 "train_acc": correct.item() / ((b + 1) * hp.batch_size), "lr": lr,
-                 "seconds": seconds, "images_per_sec": (b + 1) * hp.batch_size / seconds}
+                 "train_acc": n_correct / n_seen, "lr": lr,
+                 "seconds": seconds, "images_per_sec": n_seen / seconds}
         if diverged:
             log.append(entry)
             break
         if eval_each_epoch and epoch + 1 < hp.epochs:
             lap("other")
+            t_eval = time.perf_counter()
             entry["test_acc"] = evaluate(model, test_x, test_y, dev, amp_dtype,
                                          memory_format=fmt)
+            entry["eval_seconds"] = time.perf_counter() - t_eval
+            eval_total += entry["eval_seconds"]
             lap("eval")
         log.append(entry)
     bar.close()
@@ -421,8 +447,10 @@ def train(
         test_acc = evaluate(model, test_x, test_y, dev, amp_dtype,
                             memory_format=fmt)
         eval_time = time.perf_counter() - t_eval
+        eval_total += eval_time
         lap("eval")
         log[-1]["test_acc"] = test_acc
+        log[-1]["eval_seconds"] = eval_time
     return RunResult(
         test_acc=test_acc,
         train_loss=None if diverged else log[-1]["train_loss"],
@@ -439,7 +467,8 @@ def train(
         versions=versions(),
         extras={"run": {"channels_last": channels_last, "compile_mode": compile_mode,
                         "compile_backend": compile_backend if compile_mode else None,
-                        "warmup_time": warmup_time, "eval_time": eval_time},
+                        "warmup_time": warmup_time, "eval_time": eval_time,
+                        "eval_time_total": eval_total, "sync_every": sync_every},
                 **{h.name: h.result() for h in hooks}},
         threads=torch.get_num_threads(),
     )
