@@ -163,7 +163,9 @@ def machine(a) -> dict:
 
     return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads":
             torch.get_num_threads(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "ridgeline_commit": git_commit(ROOT),
+            "python": platform.python_version(),
+            "ridgeline_commit": a.src_commit or (git_commit(ROOT) if a.ridgeline_src == ROOT / "src"
+                                                 else None),
             "ridgeline_src": os.path.relpath(a.ridgeline_src, ROOT)}
 
 
@@ -189,6 +191,7 @@ def main() -> None:
     p.add_argument("--label", default="current", help="groups pairs, e.g. before/after")
     p.add_argument("--ridgeline-src", type=Path, default=ROOT / "src",
                    help="the src folder of the ridgeline to run (default: this checkout's)")
+    p.add_argument("--src-commit", help="the commit that --ridgeline-src holds, for the record")
     p.add_argument("--cpu-mini-seeds", type=int, nargs="+",
                    help="run ridgeline's cpu-mini preset at these seeds instead of pairs")
     p.add_argument("--summary", action="store_true", help="print the summary and exit")
