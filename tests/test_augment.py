@@ -57,3 +57,21 @@ def test_draws_are_reproducible_from_the_seed_and_new_each_epoch():
     assert not torch.equal(epoch1, epoch2)
     g = _gen(7)
     assert torch.equal(augment.augment(padded, g), epoch1)
+
+
+def test_epoch_is_augment_then_shuffle_in_one_gather_bit_for_bit():
+    # augment.epoch (train()'s fast path) makes the same draws in the same order as augment()
+    # followed by the loop's old torch.randperm, and returns exactly those images and labels.
+    n = 300
+    padded = augment.pad(torch.randn(n, 3, 32, 32)).to(torch.bfloat16)
+    labels = torch.randint(0, 10, (n,), generator=_gen(1))
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        g_old, g_new = _gen(5), _gen(5)
+        old = augment.augment(padded, g_old)
+        order = torch.randperm(n, generator=g_old)
+        x, y = augment.epoch(augment.mirrored_pair(padded, fmt), labels, g_new, memory_format=fmt)
+        assert torch.equal(x, old[order]) and torch.equal(y, labels[order])
+        assert x.is_contiguous(memory_format=fmt) and x.dtype == torch.bfloat16
+        assert torch.equal(g_old.get_state(), g_new.get_state())  # the next epoch's draws too
+        batch = x[64:128]  # what the loop trains on: a view, already in the model's layout
+        assert batch.is_contiguous(memory_format=fmt) and batch.data_ptr() != x.data_ptr()

@@ -7,7 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from ridgeline.cifar.train import RunResult, lr_schedule, resolve_device, train
+from ridgeline.cifar.model import ResNet9
+from ridgeline.cifar.train import (
+    RunResult,
+    evaluate,
+    keep_freed_memory,
+    lr_schedule,
+    make_optimizer,
+    prepare_images,
+    resolve_device,
+    train,
+)
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import get_preset
@@ -134,6 +144,133 @@ def test_divergence_is_recorded_not_raised(data):
     r = train(hp, preset="tiny", data=data, seed=0, device="cpu")
     assert r.diverged and r.test_acc is None and r.train_loss is None
     assert len(r.epochs) == 1
+    assert r.extras["run"]["sync_every"] == 1  # CPU default: read every step, stop at once
+    assert r.epochs[0]["images_per_sec"] > 0
+
+
+@pytest.mark.parametrize("sync_every", [0, 3])
+def test_divergence_is_caught_without_per_step_syncs(data, sync_every):
+    # CUDA's scheme (0: the running loss sum is read once per epoch; 3: every third step), run
+    # here on the CPU: a diverged run still ends as diverged after its first epoch, never raises.
+    hp = get_preset("tiny").hparams.replace(lr=1e8)
+    r = train(hp, preset="tiny", data=data, seed=0, device="cpu", sync_every=sync_every)
+    assert r.diverged and r.test_acc is None and r.train_loss is None
+    assert len(r.epochs) == 1 and r.epochs[0]["train_loss"] is None
+    assert r.extras["run"]["sync_every"] == sync_every
+
+
+def test_sync_schedule_does_not_change_a_finite_run(data):
+    every_step = train(preset="tiny", data=data, seed=5, device="cpu")
+    per_epoch = train(preset="tiny", data=data, seed=5, device="cpu", sync_every=0)
+    for key in ("train_loss", "train_acc"):
+        assert [e[key] for e in per_epoch.epochs] == [e[key] for e in every_step.epochs]
+    assert per_epoch.test_acc == every_step.test_acc and not per_epoch.diverged
+
+
+class _LrProbe:
+    name = "lrs"
+
+    def on_train_start(self, model, optimizer, hparams, total_steps):
+        self.opt, self.seen = optimizer, []
+
+    def before_step(self, step, model, lr):
+        self.seen.append((lr, [g["lr"] for g in self.opt.param_groups]))
+
+    def after_step(self, step, model, lr, loss): ...
+
+    def result(self):
+        return {}
+
+
+def test_every_step_gets_the_schedules_lr_times_its_groups_scale(data):
+    hp = get_preset("tiny").hparams
+    probe = _LrProbe()
+
+    def two_groups(model):
+        convs = [p for p in model.parameters() if p.ndim == 4]
+        rest = [p for p in model.parameters() if p.ndim != 4]
+        return [{"params": convs, "lr_scale": 2.0}, {"params": rest}]
+
+    train(hp, preset="tiny", data=data, seed=0, device="cpu", hooks=[probe], setup=two_groups)
+    lr_at = lr_schedule(hp, steps_per_epoch=256 // hp.batch_size)
+    assert len(probe.seen) == hp.epochs * (256 // hp.batch_size)
+    for step, (lr, groups) in enumerate(probe.seen):
+        assert lr == lr_at(step) and groups == [2.0 * lr, lr]
+
+
+def test_fused_optimizer_steps_bit_identically_to_torchs_default_loop():
+    hp = HParams(lr=0.4, momentum=0.9, weight_decay=5e-4)
+    nets = [ResNet9(0.125) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = make_optimizer(nets[0], hp)
+    plain = torch.optim.SGD(nets[1].parameters(), lr=0.0, momentum=0.9, nesterov=True,
+                            weight_decay=5e-4)  # the single-tensor loop, CPU's default
+    assert fused.defaults["fused"] and not plain.defaults["foreach"]
+    g = torch.Generator().manual_seed(0)
+    for step in range(4):
+        x = torch.randn(8, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (8,), generator=g)
+        for net, opt in zip(nets, (fused, plain), strict=True):
+            opt.param_groups[0]["lr"] = 0.1 * (step + 1)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_evaluation_batch_size_and_prepared_images_agree():
+    test = fake_cifar(n_train=10, n_test=1200, seed=2)
+    torch.manual_seed(0)
+    model = ResNet9(0.125).to(memory_format=torch.channels_last)
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        model(prepare_images(test.test_images[:256], "cpu", torch.float32))
+    cpu = torch.device("cpu")
+    old = evaluate(model, test.test_images, test.test_labels, cpu, torch.bfloat16,
+                   batch_size=1000)  # the former default: uint8 images, batches of 1000
+    prepared = prepare_images(test.test_images, cpu, torch.bfloat16)  # as train() does once
+    new = evaluate(model, prepared, test.test_labels, cpu, torch.bfloat16)  # batches of 500
+    odd = evaluate(model, prepared, test.test_labels, cpu, torch.bfloat16, batch_size=333)
+    assert 0.0 <= new <= 1.0 and len(test.test_labels) == 1200
+    assert abs(new - old) <= 3 / 1200 and abs(odd - new) <= 3 / 1200  # bf16 kernels per size
+    assert model.training  # evaluate() puts train mode back
+
+
+def test_eval_times_are_recorded_per_epoch_and_in_total(data):
+    r = train(preset="tiny", data=data, seed=0, device="cpu", eval_each_epoch=True)
+    run = r.extras["run"]
+    assert all(e["eval_seconds"] > 0 for e in r.epochs)
+    assert run["eval_time"] == r.epochs[-1]["eval_seconds"]
+    assert run["eval_time_total"] == pytest.approx(sum(e["eval_seconds"] for e in r.epochs))
+
+
+def test_freed_memory_is_kept_on_glibc():
+    # mallopt's thresholds (train() sets them on CPU runs): idempotent, and False, not an
+    # error, where the C library is not glibc.
+    import platform
+
+    first = keep_freed_memory()
+    assert keep_freed_memory() is first
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_steps_make_no_host_sync(data):
+    # Between a step's before_step and after_step (forward, loss, backward, optimiser) no op may
+    # wait for the device: torch raises on any sync while the debug mode is "error".
+    class NoSync(_LrProbe):
+        name = "nosync"
+
+        def before_step(self, step, model, lr):
+            if step > 0:  # the first step allocates lazily initialised state
+                torch.cuda.set_sync_debug_mode("error")
+
+        def after_step(self, step, model, lr, loss):
+            torch.cuda.set_sync_debug_mode("default")
+
+    r = train(preset="tiny", data=data, seed=0, device="cuda", hooks=[NoSync()])
+    assert not r.diverged and r.extras["run"]["sync_every"] == 0
 
 
 def test_batch_larger_than_training_set_is_a_clear_error(data):
