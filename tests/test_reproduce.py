@@ -100,13 +100,6 @@ def test_plan_is_monotone_in_budget_and_fits_it():
     assert plan("1000h").cost == planning.ladder("cpu-mini", "x", 90.0, "t")[-1].cost
 
 
-def test_the_plan_notes_a_tuner_threshold_of_zero_where_the_noise_is_unknown():
-    assert "note" not in plan("3h").describe()
-    tiny = plan("3h", preset="tiny", seconds=2.0).describe()
-    assert "note: tiny states no noise_std" in tiny and "threshold is 0" in tiny
-    assert "note" not in plan("36", preset="tiny").describe()  # no tuner, nothing to note
-
-
 def test_a_budget_below_the_smallest_plan_names_the_minimum():
     with pytest.raises(RidgelineError, match="smallest plan, 36 runs.*at least 36 runs or 54 min"):
         plan("35")

@@ -68,10 +68,6 @@ class Counting:
         return value
 
 
-def new_study():
-    return optuna.create_study(direction="maximize")
-
-
 def test_exact_number_of_evaluations_on_a_separable_bowl():
     # Optimum 2 doublings up in u and 1 down in 1-momentum, f = -|d - (2, -1, 0)|^2.
     #  1 start (0,0,0)
@@ -82,7 +78,7 @@ def test_exact_number_of_evaluations_on_a_separable_bowl():
     #  1-m's neighbours are known (7 and the old best 5's... no: (2,0,0) = run 3): no calls
     #  -> a full cycle without improvement: stop after 11 evaluations.
     objective = Counting(bowl((2, -1, 0)))
-    result = tune(objective, START, new_study())
+    result = tune(objective, START)
     assert objective.returned == result.n_runs == 11
     assert result.stopped == "converged"
     assert [round(x) for x in offsets(result.best)] == [2, -1, 0]
@@ -92,7 +88,7 @@ def test_exact_number_of_evaluations_on_a_separable_bowl():
 
 @pytest.mark.parametrize("line_search", ["double", "accelerate"])
 def test_u_is_held_fixed_while_momentum_or_weight_decay_move(line_search):
-    result = tune(noisy, BAD_START, new_study(), min_improvement=0.05, line_search=line_search)
+    result = tune(noisy, BAD_START, min_improvement=0.05, line_search=line_search)
     best_u, moved = None, 0
     for run in result.history:
         u = run.params["lr"] * run.params["weight_decay"] / (1 - run.params["momentum"])
@@ -109,12 +105,12 @@ def test_u_is_held_fixed_while_momentum_or_weight_decay_move(line_search):
 def test_min_improvement_blocks_small_steps():
     # Each doubling of u gains 0.01 < 0.05: only the 2 neighbours per coordinate are tried.
     slope = lambda params, seed: 0.01 * offsets(params)[0]  # noqa: E731
-    result = tune(slope, START, new_study(), min_improvement=0.05)
+    result = tune(slope, START, min_improvement=0.05)
     assert result.n_runs == 7 and result.best == START
 
 
 def test_max_evals_stops_the_search():
-    result = tune(bowl((9, 0, 0)), START, new_study(), max_evals=5)
+    result = tune(bowl((9, 0, 0)), START, max_evals=5)
     assert result.stopped == "max_evals" and result.n_runs == 5
 
 
@@ -129,8 +125,8 @@ def test_diverged_values_never_crash_and_never_win():
             return math.inf
         return -((d[0] - 3) ** 2) - (d[2] + 2) ** 2
 
-    study = new_study()
-    result = tune(objective, START, study)
+    result = tune(objective, START)
+    study = result.study
     diverged = [r for r in result.history if r.diverged]
     assert len(diverged) >= 3
     assert not any(r.accepted for r in diverged)
@@ -144,31 +140,39 @@ def test_diverged_values_never_crash_and_never_win():
 
 def test_a_diverged_start_is_left_for_any_finite_value():
     objective = lambda params, seed: math.nan if offsets(params)[0] > -0.5 else 1.0  # noqa: E731
-    result = tune(objective, START, new_study())
+    result = tune(objective, START)
     assert result.history[0].diverged and math.isfinite(result.best_value)
 
 
 def test_momentum_stays_in_0_1():
     # Prefers 1-momentum = 0.1 * 2**5 = 3.2, i.e. momentum < 0.
-    result = tune(bowl((0, 5, 0)), START, new_study())
+    result = tune(bowl((0, 5, 0)), START)
     assert all(0 <= r.params["momentum"] < 1 for r in result.history)
     assert 1 - result.best["momentum"] == pytest.approx(0.8)  # 1.6 is never evaluated
 
 
-def test_user_bounds_are_respected():
-    # Prefers u (and so lr) 2**6 times larger; lr may not exceed 2.
-    result = tune(bowl((6, 0, 0)), START, new_study(), bounds={"lr": (None, 2.0)})
+def test_user_bounds_are_respected_and_u_slides_past_them():
+    # Prefers u 2**6 times larger; lr may not exceed 2 (u 2.32 doublings up at this 1-ρ, α).
+    # Past that, a step of u slides along 1-ρ and α instead of stopping at the box.
+    result = tune(bowl((6, 0, 0), curvature=(1.0, 0.01, 0.01)), START, bounds={"lr": (None, 2.0)})
     assert all(r.params["lr"] <= 2.0 for r in result.history)
-    assert result.best["lr"] == pytest.approx(1.6)
+    assert round(offsets(result.best)[0]) == 6
+    slid = [r for r in result.history if r.coordinate == U and offsets(r.params)[1:] != [0, 0]]
+    assert slid and all(r.params["lr"] <= 2.0 for r in slid)
+
+
+def test_a_step_to_plain_sgd_is_not_run():
+    # From momentum 0.5, ×2 of 1-ρ is momentum 0: the end of the domain, never trained.
+    start = {**START, "momentum": 0.5}
+    result = tune(bowl((0, 3, 0)), start)
+    assert all(r.params["momentum"] > 0 for r in result.history)
 
 
 def test_bad_configuration_is_rejected():
-    with pytest.raises(TuneError, match="maximize"):
-        tune(noisy, START, optuna.create_study())
     with pytest.raises(TuneError, match="outside"):
-        tune(noisy, START, new_study(), bounds={"lr": (1.0, None)})
+        tune(noisy, START, bounds={"lr": (1.0, None)})
     with pytest.raises(TuneError, match="unknown coordinate"):
-        tune(noisy, START, new_study(), order=["lr"])
+        tune(noisy, START, order=["lr"])
 
 
 def _storage(kind, tmp_path):
@@ -181,89 +185,68 @@ def _storage(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "journal"])
 def test_resume_repeats_nothing(kind, tmp_path):
-    reference = tune(noisy, START, new_study(), min_improvement=0.05)
+    reference = tune(noisy, START, min_improvement=0.05)
     storage = _storage(kind, tmp_path)
-
-    def study():  # a fresh Study object each time, as a restarted process would have
-        return optuna.create_study(
-            storage=storage, study_name="t", direction="maximize", load_if_exists=True
-        )
-
     objective = Counting(noisy, fail_at=8)
     with pytest.raises(Interrupt):
-        tune(objective, START, study(), min_improvement=0.05)
+        tune(objective, START, storage=storage, study_name="t", min_improvement=0.05)
     objective.fail_at = None
-    result = tune(objective, START, study(), min_improvement=0.05)
+    result = tune(objective, START, storage=storage, study_name="t", min_improvement=0.05)
 
     assert result.history == reference.history
     assert (result.best, result.best_value) == (reference.best, reference.best_value)
     assert objective.returned == reference.n_runs  # each distinct point evaluated once
     assert objective.started == reference.n_runs + 1  # plus the call that was interrupted
     assert result.n_replayed == 7 and result.n_calls == reference.n_runs - 7
-    states = [t.state for t in study().trials]
+    states = [t.state for t in result.study.trials]
     assert states.count(TrialState.FAIL) == 1
     assert states.count(TrialState.COMPLETE) == reference.n_runs
+    (failed,) = [t for t in result.study.trials if t.state == TrialState.FAIL]
+    assert "Interrupt" in failed.user_attrs[st.FAILURE_ATTR]
 
 
-def _abandoned_trial(study, params, seed=0, **attrs):
-    """A RUNNING trial as a killed tune leaves it."""
-    study.enqueue_trial(params | {"seed": seed}, user_attrs={"ridgeline": 1, **attrs})
-    return study.ask({
-        "lr": FloatDistribution(1e-30, 1e30, log=True),
-        "momentum": FloatDistribution(0.0, 1 - 1e-9),
-        "weight_decay": FloatDistribution(1e-30, 1e30, log=True),
-        "seed": IntDistribution(0, 2**31 - 1),
-    }).number
-
-
-def test_abandoned_trials_are_failed_or_reused():
-    study = new_study()
-    raw = {k: START[k] for k in ("lr", "momentum", "weight_decay")}
-    lost = _abandoned_trial(study, raw, fixed={"batch_size": 512})
-    held = _abandoned_trial(study, raw, fixed={"batch_size": 512}, pending_value=5.0)
+def test_a_dead_process_s_running_trial_is_failed_and_run_again(tmp_path):
+    storage = st.open_storage(tmp_path / "t.journal")
+    reference = tune(bowl((1, 0, 0)), START)
+    study = optuna.create_study(storage=storage, study_name="t", direction="maximize")
+    lost = study.ask({"lr": FloatDistribution(1e-30, 1e30, log=True),
+                      "momentum": FloatDistribution(0.0, 1 - 1e-9),
+                      "weight_decay": FloatDistribution(1e-30, 1e30, log=True),
+                      "replicate": IntDistribution(0, 2**31 - 1)}, )
+    lost.set_user_attr(st.OWNER_ATTR, {**st.this_process(), "pid": 2**22 + 1, "trial": 0})
     objective = Counting(bowl((1, 0, 0)))
-    result = tune(objective, START, study)
-    assert result.history[0].value == 5.0 and result.history[0].replayed
-    assert objective.returned == result.n_runs - 1
-    assert study.trials[lost].state == TrialState.FAIL
-    # Optuna gives no handle on a dead process's trial: the held one is FAILed and its value
-    # recorded, without a run, on a copy that names it
-    assert study.trials[held].state == TrialState.FAIL
-    (copy,) = [t for t in study.trials if t.user_attrs.get("recovered_from") == held]
-    assert copy.state == TrialState.COMPLETE and copy.value == 5.0
-    assert copy.user_attrs["run"] == 1
+    result = tune(objective, START, storage=storage, study_name="t")
+    assert study.trials[lost.number].state == TrialState.FAIL
+    assert result.history == reference.history and objective.returned == result.n_runs
 
 
 @pytest.mark.parametrize("replicates", [1, 2])
 def test_parallel_equals_sequential(replicates):
-    sequential = tune(noisy, BAD_START, new_study(), min_improvement=0.05, replicates=replicates)
-    study = new_study()
-    parallel = tune(noisy, BAD_START, study, min_improvement=0.05, replicates=replicates,
+    sequential = tune(noisy, BAD_START, min_improvement=0.05, replicates=replicates)
+    parallel = tune(noisy, BAD_START, min_improvement=0.05, replicates=replicates,
                     workers=3)
     assert parallel.history == sequential.history
     assert parallel.n_speculative > 0
-    assert parallel.n_calls == replicates * parallel.n_runs + parallel.n_speculative
-    # Speculative calls still queued when the search ends are cancelled, never run.
-    trials = [t for t in study.trials if not t.user_attrs.get("cancelled")]
+    trials = parallel.study.trials
+    assert parallel.n_calls == len(trials) == (replicates * parallel.n_runs
+                                               + parallel.n_speculative)
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert sum(t.user_attrs["speculative"] for t in trials) == parallel.n_speculative
-    runs = {t.user_attrs["run"] for t in trials if not t.user_attrs["speculative"]}
-    assert runs == set(range(1, parallel.n_runs + 1))
 
 
 def test_parallel_with_a_caller_executor_and_an_interrupted_resume():
-    reference = tune(noisy, BAD_START, new_study(), min_improvement=0.05)
-    study = new_study()
+    reference = tune(noisy, BAD_START, min_improvement=0.05)
+    storage = optuna.storages.InMemoryStorage()
     with ThreadPoolExecutor(2) as pool, pytest.raises(Interrupt):
-        tune(Counting(noisy, fail_at=10), BAD_START, study, min_improvement=0.05,
-             workers=2, executor=pool)
-    result = tune(noisy, BAD_START, study, min_improvement=0.05, workers=2)
+        tune(Counting(noisy, fail_at=10), BAD_START, storage=storage, study_name="s",
+             min_improvement=0.05, workers=2, executor=pool)
+    result = tune(noisy, BAD_START, storage=storage, study_name="s", min_improvement=0.05,
+                  workers=2)
     assert result.history == reference.history
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert not [t for t in result.study.trials if t.state == TrialState.RUNNING]
 
 
 def test_pages_table_is_one_row_per_run_with_the_new_bests_marked():
-    result = tune(bowl((2, -1, 0)), START, new_study())
+    result = tune(bowl((2, -1, 0)), START)
     cells = tuner_report.table(result)
     assert len(cells) == result.n_runs and {len(c) for c in cells} == {len(tuner_report.HEADER)}
     assert cells[0][:2] == ["1", "start"] and cells[0][-1].endswith("** *")
@@ -287,12 +270,12 @@ def test_accelerate_exact_number_of_evaluations():
     #  u again, as its neighbour 5 is not known yet: (7) is, 11 (5) worse -> stop: 11 runs, one
     #  fewer than "double" needs (12), which walks 0, 1, ..., 7.
     objective = Counting(bowl((6.3, 0, 0)))
-    result = tune(objective, START, new_study(), line_search="accelerate")
+    result = tune(objective, START, line_search="accelerate")
     assert objective.returned == result.n_runs == 11 and result.stopped == "converged"
     assert u_offsets(result) == [0, 1, 3, 7, 15, 6, 5]
     assert [r.factor for r in result.history[1:6]] == [2, 4, 16, 256, 0.5]
     assert [round(x) for x in offsets(result.best)] == [6, 0, 0]
-    plain = tune(bowl((6.3, 0, 0)), START, new_study())
+    plain = tune(bowl((6.3, 0, 0)), START)
     assert plain.n_runs == 12 and plain.best == result.best
 
 
@@ -303,7 +286,7 @@ def test_accelerate_bisects_past_a_diverged_end():
     def objective(params, seed):
         return math.nan if offsets(params)[0] > 10 else bowl((6.3, 0, 0))(params, seed)
 
-    result = tune(objective, START, new_study(), line_search="accelerate")
+    result = tune(objective, START, line_search="accelerate")
     assert u_offsets(result)[:8] == [0, 1, 3, 7, 15, 11, 9, 6]
     assert not any(r.accepted for r in result.history if r.diverged)
     assert [round(x) for x in offsets(result.best)] == [6, 0, 0]
@@ -312,7 +295,7 @@ def test_accelerate_bisects_past_a_diverged_end():
 def test_accelerate_pulls_probes_into_the_bounds():
     # lr may not exceed 2 (u 2.32 doublings up): ×4 from u offset 1 (lr 3.2) is out of bounds,
     # so the bracket (0, 1, 3) has no parabola and its middle, 2 (lr 1.6), is probed.
-    result = tune(bowl((6, 0, 0)), START, new_study(), bounds={"lr": (None, 2.0)},
+    result = tune(bowl((6, 0, 0)), START, bounds={"lr": (None, 2.0)},
                   line_search="accelerate")
     assert all(r.params["lr"] <= 2.0 for r in result.history)
     assert result.best["lr"] == pytest.approx(1.6)
@@ -320,19 +303,19 @@ def test_accelerate_pulls_probes_into_the_bounds():
 
 
 def test_accelerate_parallel_equals_sequential():
-    sequential = tune(noisy, BAD_START, new_study(), min_improvement=0.05,
+    sequential = tune(noisy, BAD_START, min_improvement=0.05,
                       line_search="accelerate")
-    parallel = tune(noisy, BAD_START, new_study(), min_improvement=0.05,
+    parallel = tune(noisy, BAD_START, min_improvement=0.05,
                     line_search="accelerate", workers=3)
     assert parallel.history == sequential.history and parallel.n_speculative > 0
 
 
 def test_unknown_line_search_is_rejected():
     with pytest.raises(TuneError, match="line_search"):
-        tune(noisy, START, new_study(), line_search="golden")
+        tune(noisy, START, line_search="golden")
 
 
 def test_on_run_sees_each_judged_run_once():
     seen = []
-    result = tune(bowl((2, -1, 0)), START, new_study(), on_run=seen.append)
+    result = tune(bowl((2, -1, 0)), START, on_run=seen.append)
     assert seen == result.history and [r.run for r in seen] == list(range(1, 12))

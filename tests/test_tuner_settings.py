@@ -6,31 +6,28 @@ import pytest
 
 from ridgeline.errors import TuneError
 from ridgeline.hparams import HParams
-from ridgeline.presets import PRESETS, Preset, get_preset
+from ridgeline.presets import PRESETS, Preset
 from ridgeline.tuner import settings, tune
+from ridgeline.tuner.sampler import FlatDirectionSampler
 
 
-def test_defaults_are_the_accelerating_search_and_half_the_noise():
-    s = settings.default_settings(get_preset("cpu-mini"))
-    assert s == settings.TunerSettings(line_search="accelerate", min_improvement=0.5 * 0.0033)
-    assert settings.threshold_note(get_preset("cpu-mini")) is None
+def test_the_sampler_and_ridgeline_tune_default_to_the_same_robust_settings():
+    s = settings.DEFAULT
+    assert (s.line_search, s.min_improvement, s.max_level, s.recheck, s.wide) == (
+        "accelerate", 0.0, settings.MAX_LEVEL, "best", True)
+    import inspect
+    params = inspect.signature(FlatDirectionSampler).parameters
+    assert {k: params[k].default for k in s.as_kwargs()} == s.as_kwargs()
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper"])
-def test_unknown_noise_means_threshold_zero_and_says_so(name):
-    preset = get_preset(name)
-    assert preset.noise_std is None
-    assert settings.default_settings(preset).min_improvement == 0.0
-    assert "states no noise_std" in settings.threshold_note(preset)
-
-
-def test_the_engine_defaults_to_pages_search():
-    assert (settings.PAPER.line_search, settings.PAPER.min_improvement) == ("double", 0.0)
+def test_pages_search_and_bad_settings():
+    assert (settings.PAPER.line_search, settings.PAPER.max_level) == ("double", 1)
     with pytest.raises(TuneError, match="line_search 'golden'"):
         settings.TunerSettings(line_search="golden")
+    with pytest.raises(TuneError, match="recheck 'some'"):
+        settings.TunerSettings(recheck="some")
     s = settings.PAPER.replace(line_search=None, min_improvement=0.01)
-    assert s == settings.TunerSettings("double", 0.01)
-    assert s.as_kwargs() == {"line_search": "double", "min_improvement": 0.01}
+    assert s == dataclasses.replace(settings.PAPER, min_improvement=0.01)
 
 
 def test_tune_preset_passes_the_default_settings_and_the_overrides(tmp_path, monkeypatch):
@@ -39,10 +36,9 @@ def test_tune_preset_passes_the_default_settings_and_the_overrides(tmp_path, mon
     journal, fake = tmp_path / "t.journal", "tests.test_tune_cli:fake_objective"
     tune.tune_preset("cpu-mini", "bad", journal, "a", objective=fake)
     tune.tune_preset("cpu-mini", "bad", journal, "b", objective=fake, line_search="double")
-    expected = settings.default_settings(get_preset("cpu-mini"))
-    assert {k: seen[0][k] for k in ("line_search", "min_improvement")} == expected.as_kwargs()
-    assert (seen[1]["line_search"], seen[1]["min_improvement"]) == (
-        "double", expected.min_improvement)
+    assert seen[0]["settings"] == settings.DEFAULT
+    assert seen[1]["settings"] == settings.DEFAULT.replace(line_search="double")
+    assert seen[0]["pruner"] is None  # not the training objective: nothing reports epochs
 
 
 def test_presets_state_noise_and_cost_explicitly():

@@ -391,6 +391,7 @@ def check_tune(args: argparse.Namespace) -> None:
                              f"allowed: the seeds {args.seed}..{args.seed + args.replicates - 1} "
                              f"must lie in [0, {SEED_MAX}]")
     need(args, "min_improvement", *NON_NEGATIVE)
+    need(args, "max_level", *AT_LEAST_1)
     need(args, "floor", *POSITIVE)
     check_writable("--out", args.out, folder=True)
 
@@ -416,21 +417,19 @@ def cmd_tune(args: argparse.Namespace) -> None:
     custom = any(getattr(args, k) is not None for k in (*TUNED, "batch_size", "epochs",
                                                          "warmup_epochs"))
     name = args.study or tune.default_study_name(preset.name, "custom" if custom else args.start)
-    from ridgeline.tuner import settings as tuner_settings
-
-    chosen = tuner_settings.default_settings(preset).replace(
-        line_search=args.line_search, min_improvement=args.min_improvement)
+    chosen = tune.DEFAULT.replace(line_search=args.line_search,
+                                  min_improvement=args.min_improvement,
+                                  max_level=args.max_level)
     print(f"{name}: tuning {', '.join(system.names)} of {preset.name} from "
           f"lr={start.lr:g} momentum={start.momentum:g} weight_decay={start.weight_decay:g} "
-          f"({chosen.line_search} line search, threshold {chosen.min_improvement:g}, "
-          f"at most {args.max_evals} runs)")
-    if args.min_improvement is None and (note := tuner_settings.threshold_note(preset)):
-        print(note)
+          f"({chosen.line_search} line search, threshold {chosen.min_improvement:g}, up to "
+          f"{chosen.max_level} seeds on the best, at most {args.max_evals} runs"
+          f"{'' if args.no_prune else ', lost runs pruned'})")
     result = tune.tune_preset(
         preset, start, args.storage, name, objective=objective_from_args(args), system=system,
-        line_search=args.line_search, min_improvement=args.min_improvement,
-        replicates=args.replicates, max_evals=args.max_evals, seed=args.seed,
-        executor=args.executor, workers=args.workers, ray_address=args.ray_address,
+        settings=chosen, replicates=args.replicates, max_evals=args.max_evals, seed=args.seed,
+        prune=not args.no_prune, executor=args.executor, workers=args.workers,
+        ray_address=args.ray_address,
         on_run=None if args.quiet else tuner_report.Progress(args.max_evals))
     print(tuner_report.markdown_table(result))
     print(tuner_report.summary(result))
@@ -629,7 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "double: the paper's ×2 / ÷2")
     p.add_argument("--min-improvement", type=number, metavar="ACC",
                    help="a step must beat the best by more than this (test accuracy as a "
-                        "fraction; default: half the preset's seed-to-seed std)")
+                        "fraction; default 0: noise is handled by re-measuring, --max-level)")
+    p.add_argument("--max-level", type=integer, metavar="K",
+                   help="when a cycle improves nothing, re-measure the best with one more "
+                        "seed and cycle again, up to K seeds (default 8; 1: Page's stop)")
+    p.add_argument("--no-prune", action="store_true",
+                   help="train every run to the end (default: report each epoch and prune "
+                        "clearly lost runs, Optuna's PercentilePruner)")
     p.add_argument("--replicates", type=integer, default=1, help="seeds averaged per point")
     p.add_argument("--max-evals", type=integer, default=40, help="at most this many points")
     p.add_argument("--seed", type=integer, default=0, help="first seed of each point")

@@ -32,7 +32,6 @@ from ridgeline.landscape.grid import SLICES, GridSpec, make_grid
 from ridgeline.presets import get_preset
 from ridgeline.runs import ledger
 from ridgeline.science import experiments
-from ridgeline.tuner.settings import threshold_note
 from ridgeline.versions import versions
 
 FP32_COST = 2.0  # (a) trains in fp32, about twice a bf16 run (README: bf16 is ~2× faster)
@@ -150,8 +149,7 @@ class Plan:
                  f"run ({self.cost_source})"]
         lines += [f"  {label:<12} {text:<62} {runs:>5g} runs" if runs else f"  {label:<12} {text}"
                   for label, text, runs in rows]
-        note = threshold_note(get_preset(self.preset)) if any(self.tune) else None
-        return "\n".join(lines + ([f"  note: {note}"] if note else []))
+        return "\n".join(lines)
 
     def _describe_diagnostics(self) -> str:
         run = [experiments.TITLES[k] for k in experiments.EXPERIMENTS if k in self.diagnostics]

@@ -25,7 +25,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
 from optuna.trial import TrialState
 
 from ridgeline.landscape import plots
@@ -142,31 +141,20 @@ def plan_section(ctx: Context, doc: Doc) -> None:
 
 # ----------------------------------------------------------------------------- tuner
 
-class _Unfinished(Exception):
-    """The replay needed a run that the storage does not hold."""
-
-
-def _no_new_runs(params, seed):
-    raise _Unfinished
-
-
 def replay_tune(ctx: Context, start: str, max_evals: int):
     """(TuneResult or None when unfinished, the runs the search judged so far)."""
     name = tune.default_study_name(ctx.preset.name, start)
     if not ctx.has_study(name):
         return None, []
-    source = ledger.open_study(name, ctx.storage, read_only=True)
-    copy = optuna.create_study(direction="maximize")
-    copy.add_trials(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    runs: list[tune.Run] = []
+    study = ledger.open_study(name, ctx.storage, read_only=True)
     start_hp = tune.start_point(ctx.preset.hparams, start)
     try:
-        result = tune.tune(_no_new_runs, start_hp.to_dict(), copy,
-                           tune.coordinate_system("paper"), max_evals=max_evals,
-                           on_run=runs.append, **tune.default_settings(ctx.preset).as_kwargs())
-    except _Unfinished:
-        return None, runs
-    return result, runs
+        result = tune.replay(study, start_hp.to_dict(), max_evals=max_evals)
+    except tune.TuneError:  # not even the start has finished
+        return None, []
+    if result.stopped == "unfinished":
+        return None, result.history
+    return result, result.history
 
 
 def _partial(runs: list) -> tune.TuneResult:

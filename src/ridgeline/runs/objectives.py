@@ -38,7 +38,8 @@ class TrainObjective:
 
         return self.threads or torch.get_num_threads()
 
-    def __call__(self, hparams: HParams, preset: str, seed: int):
+    def __call__(self, hparams: HParams, preset: str, seed: int, **train_kw):
+        """Train one run; ``train_kw`` (hooks, eval_each_epoch) go to ``train``."""
         import torch
 
         from ridgeline.cifar.train import train
@@ -50,7 +51,7 @@ class TrainObjective:
 
             self.data = load_cifar10(self.data_root, download=self.download)
         return train(hparams, preset, seed=seed, device=self.device, data=self.data,
-                     precision=self.precision)
+                     precision=self.precision, **train_kw)
 
 
 def planned_threads(objective, executor) -> int | None:

@@ -5,43 +5,52 @@ along each coordinate of a :class:`~.invariants.CoordinateSystem`. Points are ke
 their integer exponents and rebuilt from the start each time, so repeated ×2 and ÷2 never drift
 and holding u = λα/(1−ρ) fixed is exact in the coordinates.
 
-The search only asks for values; ``ridgeline.tuner.trials`` turns each request into an Optuna trial,
-replays finished ones and runs speculative ones. The search is a deterministic function of the
-values it sees, so re-running it against the same study *replays* it, and with several workers
-its decisions, and so the result, are exactly those of the sequential search.
+The search only asks for values, through ``need``; ``tuner.sampler.FlatDirectionSampler``
+answers from the study's trials and proposes the first point no trial covers. The search is a
+deterministic function of the values it sees, so re-running it against the same study *replays*
+it: that is how the sampler keeps no state of its own, and why resumed and parallel studies make
+the sequential search's decisions.
 
 Line searches. ``"double"`` is the paper's: ×2, else ÷2, then the same step again while it
 improves. ``"accelerate"`` doubles the step in log2 while it improves (×2, ×4, ×16, …) and then
 brackets the best point between two worse ones and probes inside the bracket at the vertex of
 the parabola through the three (or its middle); docs/tuner.md measures both.
+
+The box. Bounds are on the raw parameters, but the search moves coordinates. A step whose point
+leaves the box only through a parameter the move does not aim at (λ derived from u, 1−ρ and α)
+*slides*: the other free coordinates shift, by the fewest doublings, until the point is inside,
+with the moved coordinate and every invariant kept (``place``). So λ's range never blocks a move
+of u, which α or 1−ρ can make instead. A momentum-like parameter at exactly 0 (1−ρ = 1, plain
+SGD: the end of its domain, which no further step can bracket) is outside the box unless the
+start is there.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import numbers
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import optuna
 
 from ridgeline.errors import TuneError
 from ridgeline.landscape.plots import parabola_vertex
-from ridgeline.runs.executors import InProcess
-from ridgeline.tuner.invariants import CoordinateSystem, paper_system
-from ridgeline.tuner.settings import PAPER, TunerSettings
-from ridgeline.tuner.trials import (
-    COMPLEMENT_MAX,
-    LOG_RANGE,
-    SEED_MAX,
-    Calls,
-    Context,
-    Objective,
-    TrialStore,
-)
+from ridgeline.tuner.invariants import CoordinateSystem
 
-__all__ = ["Objective", "Run", "TuneError", "TuneResult", "tune"]
+__all__ = ["Context", "Run", "TuneResult"]
+
+LOG_RANGE = (1e-30, 1e30)  # the range of a log-scaled parameter nobody bounded: never binding
+COMPLEMENT_MAX = 1 - 1e-9  # momentum-like parameters lie in [0, 1 - 1e-9]
+MAX_SLIDE = 8  # doublings the free coordinates may shift to bring a point into the box
+
+
+@dataclass
+class Context:
+    """A point the search asks for: raw params, coordinates, and the step that led there."""
+
+    params: dict
+    coords: dict
+    coordinate: str | None
+    factor: float | None
 
 
 @dataclass
@@ -67,94 +76,16 @@ class TuneResult:
     best_value: float
     best_coords: dict
     history: list[Run]
-    stopped: str  # "converged" or "max_evals"
-    n_calls: int  # objective calls made by this process (needed + speculative)
-    n_replayed: int  # calls answered from trials already in the study
-    n_speculative: int  # calls made speculatively and never needed
+    stopped: str  # "converged", "max_evals" or "unfinished"
+    n_calls: int  # objective calls made by this process
+    n_replayed: int  # runs answered from trials the study held before
+    n_speculative: int  # trials run in parallel that the sequential search never needed
+    study: object = field(default=None, compare=False, repr=False)  # where the trials are
+    epochs: int = field(default=0, compare=False)  # epochs trained by the study's runs
 
     @property
     def n_runs(self) -> int:
         return len(self.history)
-
-
-def tune(
-    objective: Objective,
-    start: Mapping,
-    study: optuna.Study,
-    system: CoordinateSystem | None = None,
-    *,
-    order: Sequence[str] | None = None,
-    max_evals: int = 100,
-    min_improvement: float = PAPER.min_improvement,
-    replicates: int = 1,
-    seed: int = 0,
-    bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
-    workers: int = 1,
-    executor: Executor | None = None,
-    line_search: str = PAPER.line_search,
-    on_run: Callable[[Run], None] | None = None,
-) -> TuneResult:
-    """Coordinate descent from ``start`` in ``system`` (default: the paper's u, 1−ρ, α).
-
-    ``objective(params, seed)`` gets the full point (tuned and pass-through keys) and returns a
-    score, higher is better; None, NaN or ±inf mark a diverged run, ranked below everything.
-    It may instead return a RunResult (or its dict): its test accuracy is the score and its
-    fields become the trial's user attrs (``study.result_to_attrs``), so `ridgeline plot`,
-    ``study.trial_to_result`` and optuna-dashboard read tuner trials like sweep trials.
-    A step is accepted only if it beats the best by more than ``min_improvement``: the
-    seed-to-seed std keeps noise from moving the search, but also stalls it on shallow
-    coordinates where a doubling gains less than that (docs/tuner.md measures both). Each
-    point is scored as the mean over seeds ``seed .. seed+replicates-1``; the same seeds at
-    every point make neighbouring comparisons less noisy and (params, seed) a replayable key.
-    ``max_evals`` caps the points the search needs (replayed ones included), not speculative
-    calls. ``bounds`` maps raw parameter names to inclusive (low, high), either may be None;
-    points outside are treated as worse without being evaluated. ``workers > 1`` evaluates
-    speculatively on ``executor`` (a thread pool of that size by default). ``line_search`` is
-    one of ``settings.LINE_SEARCHES`` (module docstring); the defaults of both settings are
-    ``settings.PAPER``. ``on_run`` is called with each run the search needed, in order, as
-    soon as it is judged (``accepted`` set), for progress output.
-    """
-    system = system or paper_system()
-    settings = TunerSettings(line_search=line_search, min_improvement=min_improvement)
-    check_settings(max_evals, settings.min_improvement, replicates, seed, workers)
-    _check_study(study)
-    search = _Search(system, start, order, max_evals, settings.min_improvement, bounds,
-                     settings.line_search == "accelerate", on_run)
-    seeds = [seed + i for i in range(replicates)]
-    own = executor is None and workers > 1
-    pool = ThreadPoolExecutor(workers) if own else executor
-    pool = pool or InProcess().futures()
-    calls = Calls(TrialStore(study, system), objective, seeds, workers, pool)
-    ok = False
-    try:
-        stopped = search.run(calls)
-        ok = True
-    finally:
-        calls.close(ok)
-        if own:
-            pool.shutdown(wait=ok, cancel_futures=True)
-    return search.result(stopped, calls)
-
-
-def _check_study(study) -> None:
-    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise TuneError("the study must be single-objective with direction='maximize'")
-
-
-def check_settings(max_evals: int = 100, min_improvement: float = 0.0, replicates: int = 1,
-                   seed: int = 0, workers: int = 1) -> None:
-    """``tune``'s numeric settings, each named with its value when it is out of range; callers
-    run this before they create a study, so bad settings leave no trace in the storage."""
-    for name, value in (("max_evals", max_evals), ("replicates", replicates),
-                        ("workers", workers)):
-        if not (isinstance(value, numbers.Integral) and value >= 1):
-            raise TuneError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
-    if not (min_improvement >= 0 and math.isfinite(min_improvement)):
-        raise TuneError(f"min_improvement={min_improvement!r} is not allowed: it must be a "
-                        f"finite number >= 0 (test accuracy as a fraction)")
-    if not (isinstance(seed, numbers.Integral) and 0 <= seed <= SEED_MAX - replicates + 1):
-        raise TuneError(f"seed={seed!r} is not allowed: seeds {seed}..{seed + replicates - 1} "
-                        f"must lie in [0, {SEED_MAX}]")
 
 
 class _BudgetSpent(Exception):
@@ -162,15 +93,19 @@ class _BudgetSpent(Exception):
 
 
 class _Search:
-    """The sequential algorithm. It only ever asks ``Calls`` for values, in a fixed order."""
+    """The sequential algorithm. It only ever asks ``calls.need`` for values, in a fixed order.
+    ``calls.need(key, ctx, number, level)`` returns an object whose ``calls`` are the point's
+    first ``level`` replicates (``value``, ``diverged``, ``number``, ``replayed``)."""
 
     def __init__(self, system, start, order, max_evals, min_improvement, bounds, accelerate,
-                 on_run, max_level: int = 1, recheck: str = "all", wide: bool = False) -> None:
+                 on_run, max_level: int = 1, recheck: str = "all", wide: bool = False,
+                 min_level: int = 1) -> None:
         self.system, self.accelerate, self.on_run = system, accelerate, on_run
-        # Replicates per compared point: 1, raised by one each time a cycle improves nothing,
-        # up to max_level (1: stop there, Page's rule; see cycle()); "all" compared points
-        # get them, or only the incumbent ("best": a rival is topped up once it wins).
-        self.level, self.max_level, self.spent = 1, max_level, 0
+        # Replicates per compared point: min_level, raised by one each time a cycle improves
+        # nothing, up to max_level (= min_level: stop there, Page's rule; see cycle()); "all"
+        # compared points get them, or only the incumbent ("best": a rival is topped up once
+        # it wins).
+        self.level, self.max_level, self.spent = min_level, max(max_level, min_level), 0
         self.recheck_all, self.wide = recheck == "all", wide
         self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
         self.start = {k: v for k, v in start.items() if k in system.space.names}
@@ -178,10 +113,15 @@ class _Search:
         self.order = [system.names.index(_known(system, c)) for c in (order or system.names)]
         self.max_evals, self.threshold = max_evals, min_improvement
         self.bounds = _check_bounds(system, bounds or {})
+        # Plain SGD (a momentum-like parameter at 0) is the domain's end: out, unless started at.
+        self.no_zero = [n for n in system.space.complement if self.start.get(n) != 0]
         self.history: list[Run] = []
         self.runs: dict[tuple[int, ...], Run] = {}
         if not self.in_bounds(self.params(self.key0)):
             raise TuneError(f"the start point {dict(start)} is outside the bounds")
+        self.placed: dict[tuple, tuple[int, ...] | None] = {}
+        self.free = [i for i, n in enumerate(system.names) if n in
+                     {system.space.base_name(b) for b in system.space.names}]
 
     @property
     def key0(self) -> tuple[int, ...]:
@@ -196,9 +136,33 @@ class _Search:
         return {**self.fixed, **self.system.from_coords(self.coords(key))}
 
     def in_bounds(self, params: Mapping) -> bool:
-        return all(lo <= params[n] <= hi for n, (lo, hi) in self.bounds.items())
+        return (all(lo <= params[n] <= hi for n, (lo, hi) in self.bounds.items())
+                and all(params[n] != 0 for n in self.no_zero))
 
-    def run(self, calls: Calls) -> str:
+    def place(self, key: tuple[int, ...], c: int) -> tuple[int, ...] | None:
+        """``key`` if its point is in the box, else the nearest in-box key with the same
+        coordinate ``c`` and invariants (the other free coordinates shifted by the fewest
+        doublings, module docstring), else None."""
+        if (key, c) not in self.placed:
+            self.placed[key, c] = self._slide(key, c)
+        return self.placed[key, c]
+
+    def _slide(self, key: tuple[int, ...], c: int) -> tuple[int, ...] | None:
+        if self.in_bounds(self.params(key)):
+            return key
+        others = [i for i in self.free if i != c]
+        for total in range(1, MAX_SLIDE + 1):
+            for shift in itertools.product(range(-total, total + 1), repeat=len(others)):
+                if sum(map(abs, shift)) != total:
+                    continue
+                moved = list(key)
+                for i, d in zip(others, shift, strict=True):
+                    moved[i] += d
+                if self.in_bounds(self.params(tuple(moved))):
+                    return tuple(moved)
+        return None
+
+    def run(self, calls) -> str:
         """Cycle through the coordinates until a full cycle improves nothing at max_level."""
         self.calls = calls
         try:
@@ -237,8 +201,6 @@ class _Search:
     def line_search(self, c: int) -> bool:
         """×2; if no better, ÷2; then, while it improves, the same step again ("double") or
         steps that double ("accelerate"). True if the best point moved."""
-        reach = [self.reach(k) for k in range(1, self.calls.workers + 1)]
-        self.speculate([_step(self.best, c, s * k) for k in reach for s in (1, -1)], c)
         for direction in (1, -1):
             if self.try_step(c, direction):
                 if self.accelerate:
@@ -255,10 +217,6 @@ class _Search:
                     self.refine(c, self.best[c] - 2 * direction, self.best[c] + 2 * direction)
                 return True
         return False
-
-    def reach(self, k: int) -> int:
-        """How far (lattice steps) the k-th step of an improving line search goes in total."""
-        return 2**k - 1 if self.accelerate else k
 
     def expand_and_refine(self, c: int, direction: int) -> None:
         """After a first step that improved: steps of 2, 4, 8, ... lattice points while they
@@ -282,7 +240,7 @@ class _Search:
         lo, hi = sorted((end_a, end_b))
         while (m := self.probe(c, lo, hi)) is not None:
             b = self.best[c]
-            won = self.try_step(c, m - b, expanding=False)
+            won = self.try_step(c, m - b)
             if m > b:
                 lo, hi = (b, hi) if won else (lo, m)
             else:
@@ -298,41 +256,34 @@ class _Search:
         halfway towards the best until it is in bounds.
         """
         b = self.best[c]
-        ys = [self.runs.get(_step(self.best, c, x - b)) for x in (lo, b, hi)]
+        ys = [self.runs.get(self.place(_step(self.best, c, x - b), c)) for x in (lo, b, hi)]
         vertex = None if None in ys else parabola_vertex((lo, b, hi), [r.value for r in ys])
         if vertex is not None and lo < vertex < hi:
             m = math.floor(vertex + 0.5)
         else:
             m = b + (hi - b) // 2 if hi - b >= b - lo else b - (b - lo) // 2
-        while m != b and not self.in_bounds(self.params(_step(self.best, c, m - b))):
+        while m != b and self.place(_step(self.best, c, m - b), c) is None:
             m = b + int((m - b) / 2)
-        return None if m == b or _step(self.best, c, m - b) in self.runs else m
+        return None if m == b or self.place(_step(self.best, c, m - b), c) in self.runs else m
 
     def at_line_optimum(self, c: int) -> bool:
         """Both lattice neighbours of the best along ``c`` are known not to beat it."""
         best = self.runs[self.best].value
         for k in (1, -1):
-            key = _step(self.best, c, k)
+            key = self.place(_step(self.best, c, k), c)
             if key in self.runs:
                 if self.runs[key].value > best + self.threshold:
                     return False
-            elif self.in_bounds(self.params(key)):
+            elif key is not None:
                 return False
         return True
 
-    def try_step(self, c: int, k: int, expanding: bool = True) -> bool:
-        """Evaluate the best point moved ``k`` lattice steps along ``c``; move there if it wins.
-
-        While ``expanding``, the points the line search goes on to if this one wins are
-        offered for speculation too; ``key`` itself first, so the point needed now never
-        waits behind a guess.
-        """
-        key = _step(self.best, c, k)
-        if not self.in_bounds(self.params(key)):
+    def try_step(self, c: int, k: int) -> bool:
+        """Evaluate the best point moved ``k`` lattice steps along ``c`` (slid into the box,
+        ``place``); move there if it wins."""
+        key = self.place(_step(self.best, c, k), c)
+        if key is None:
             return False
-        depth = range(1, self.calls.workers + 1) if expanding else range(1, 2)
-        ahead = [k * (self.reach(j) - 1) for j in depth]
-        self.speculate([_step(key, c, a) for a in ahead], c)
         fresh = key not in self.runs
         incumbent = self.need(self.best, None, None)  # topped up to this level first
         run = self.need(key, self.system.names[c], 2.0**k)
@@ -347,17 +298,6 @@ class _Search:
         """Tell ``on_run`` about a new run once the search has judged it."""
         if self.on_run is not None:
             self.on_run(run)
-
-    def speculate(self, keys: list[tuple[int, ...]], c: int) -> None:
-        """Offer points the line search may need next; ``Calls`` starts those it has room for."""
-        room = self.max_evals - self.spent
-        for key in keys:
-            params = self.params(key)
-            if key not in self.runs and self.in_bounds(params):
-                factor = 2.0 ** (key[c] - self.best[c])
-                ctx = Context(params, self.coords(key), self.system.names[c], factor)
-                if not self.calls.speculate(key, ctx, room):
-                    return
 
     def need(self, key: tuple[int, ...], coordinate: str | None, factor: float | None) -> Run:
         """The run at ``key`` scored over ``level`` seeds: run now, or topped up if it has
@@ -389,12 +329,13 @@ class _Search:
         self.runs[key] = run
         return run
 
-    def result(self, stopped: str, calls: Calls) -> TuneResult:
+    def result(self, stopped: str, n_calls: int = 0, n_replayed: int = 0,
+               n_speculative: int = 0) -> TuneResult:
         best = self.runs[self.best]
         return TuneResult(
             best=best.params, best_value=best.value, best_coords=best.coords,
-            history=self.history, stopped=stopped, n_calls=calls.n_calls,
-            n_replayed=calls.n_replayed, n_speculative=calls.n_speculative,
+            history=self.history, stopped=stopped, n_calls=n_calls,
+            n_replayed=n_replayed, n_speculative=n_speculative,
         )
 
 

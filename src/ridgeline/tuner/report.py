@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+from matplotlib import patheffects
 
 from ridgeline.figures import new_figure, save
 from ridgeline.landscape import plots
@@ -81,9 +82,11 @@ def markdown_table(result: TuneResult) -> str:
 def summary(result: TuneResult) -> str:
     """One line: how the search ended and the best setting."""
     b = result.best
-    ended = {"converged": "converged", "max_evals": "stopped at --max-evals"}[result.stopped]
+    ended = {"converged": "converged", "max_evals": "stopped at --max-evals"}.get(
+        result.stopped, result.stopped)
+    epochs = f", {result.epochs} epochs trained in all" if result.epochs else ""
     return (f"{ended} after {result.n_runs} runs ({result.n_replayed} replayed from the "
-            f"study, {result.n_speculative} speculative calls unused): best "
+            f"study, {result.n_speculative} parallel runs unused{epochs}): best "
             f"{_acc(None if math.isinf(result.best_value) else result.best_value)} at "
             f"lr={b['lr']:.4g}, momentum={b['momentum']:.6g}, weight_decay={b['weight_decay']:.4g}")
 
@@ -156,14 +159,15 @@ def trajectory_figure(result: TuneResult, path, landscapes: Mapping[str, plots.G
     return save(fig, path, dpi=120)
 
 
-# where labels go (offset points): the best runs' boxes alternate right/left along the path
-_BEST_OFFSETS = ((10, 0), (-10, 0))
+# where best-run numbers go (offset points): alternating sides along the path, so neighbours
+# on the red line do not cover each other
+_BEST_OFFSETS = ((7, 5), (-7, -5))
 
 
 def _draw_path(ax, result: TuneResult, axis: str, over_heatmap: bool) -> None:
-    """Every run a marker; runs at the same point share one label of their numbers. Only the
-    runs that became the best are labelled with their accuracy (boxed); the others carry
-    their number in grey, and the accuracy of every run is in the progress panel."""
+    """Every run a marker; only the runs that became the best carry a label, their run
+    number (the accuracies are listed in the progress panel), so labels never sit on the
+    heatmap's values or on each other's text."""
     _, to_x, label = plots.RIDGE_COORD[axis]
     xs = np.array([to_x(r.params[axis]) for r in result.history])
     ys = np.array([r.params["lr"] for r in result.history])
@@ -173,6 +177,7 @@ def _draw_path(ax, result: TuneResult, axis: str, over_heatmap: bool) -> None:
     for i in range(len(xs)):
         groups.setdefault((round(math.log2(xs[i]), 6), round(math.log2(ys[i]), 6)), []).append(i)
     n_best = 0
+    halo = [patheffects.withStroke(linewidth=2.5, foreground="white")]
     for members in groups.values():
         runs = [result.history[i] for i in members]
         i = members[0]
@@ -180,25 +185,17 @@ def _draw_path(ax, result: TuneResult, axis: str, over_heatmap: bool) -> None:
         if all(r.diverged for r in runs):
             ax.plot(xs[i], ys[i], ls="none", marker="x", ms=7, mew=2, color="red", zorder=4)
         else:
-            ax.plot(xs[i], ys[i], ls="none", marker="o", ms=7 if accepted else 5, zorder=4,
-                    mfc="red" if accepted else "white", mec="black")
-        dx, dy = 5, 6
+            ax.plot(xs[i], ys[i], ls="none", marker="o", ms=7 if accepted else 4, zorder=4,
+                    mfc="red" if accepted else "white", mec="black" if accepted else "0.4")
         if accepted:
             dx, dy = _BEST_OFFSETS[n_best % len(_BEST_OFFSETS)]
             n_best += 1
-            text = ", ".join(f"{r.run}: {_acc(r.value)}" for r in accepted)
-            others = [str(r.run) for r in runs if not r.accepted]
-            text += f" (+{','.join(others)})" if others else ""
-            style = dict(fontsize=7, color="black", fontweight="bold",
-                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="red", lw=0.8))
-        else:
-            text = ",".join(str(r.run) for r in runs)
-            style = dict(fontsize=6, color="0.25")
-        ax.annotate(text, (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
-                    ha="left" if dx > 0 else "right", va="center", zorder=6,
-                    annotation_clip=False, **style)
-    ax.plot([], [], "o-", color="red", mfc="red", mec="black", label="new best: run: accuracy")
-    ax.plot([], [], "o", mfc="white", mec="black", ls="none", label="other runs: run numbers")
+            ax.annotate(",".join(str(r.run) for r in accepted), (xs[i], ys[i]),
+                        textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                        color="darkred", fontweight="bold", ha="left" if dx > 0 else "right",
+                        va="center", zorder=6, annotation_clip=False, path_effects=halo)
+    ax.plot([], [], "o-", color="red", mfc="red", mec="black", label="new best (run number)")
+    ax.plot([], [], "o", mfc="white", mec="0.4", ls="none", ms=4, label="other runs")
     if any(r.diverged for r in result.history):
         ax.plot([], [], "x", color="red", ls="none", label="diverged")
     ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
@@ -231,13 +228,20 @@ def _draw_progress(ax, result: TuneResult) -> None:
     diverged = [r.run for r in result.history if r.diverged]
     if diverged:
         ax.plot(diverged, [lowest] * len(diverged), "x", color="red", label="diverged")
+    lines = ["new bests"]
     for r, a in zip(result.history, acc, strict=True):
         if r.accepted:
             ax.annotate(str(r.run), (r.run, a), textcoords="offset points", xytext=(0, 6),
-                        ha="center", fontsize=7, color="red", fontweight="bold")
+                        ha="center", fontsize=7, color="darkred", fontweight="bold")
+            lines.append(f"{r.run:>3}: {_acc(None if r.diverged else r.value):>8}  "
+                         f"λ={r.params['lr']:.3g} ρ={r.params['momentum']:.4g} "
+                         f"α={r.params['weight_decay']:.3g}")
+    ax.text(0.98, 0.04, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom",
+            fontsize=6.5, family="monospace", zorder=7,
+            bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.6", alpha=0.9))
     ax.set_xlabel("run (red numbers: the runs that became the best)", fontsize=8)
     ax.set_ylabel("test accuracy (%)", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 # ----------------------------------------------------------------------------- all outputs

@@ -27,7 +27,9 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
   the same process (``study.optimize`` went on), and is then listed in the study user attr
   ``ridgeline:diverged``. A raise that ends ``study.optimize``, or a process that died, leaves
   no such record, and the point is proposed again. (Consequences: an exception swallowed by
-  ``catch=`` counts as diverged, and a NaN in the very last trial of a process is run again.)
+  ``catch=`` counts as diverged, and a NaN in the very last trial of a process is run again.
+  A FAIL whose objective recorded why in the trial user attr ``failure``, as
+  ``ridgeline.tuner.tune`` does, is a raise, never diverged.)
 * PRUNED (a pruner stopped it, e.g. ridgeline.runs.pruning.PruningHook): a loss, −inf, never
   proposed again: a pruned run counts as worse than any finished one.
 * RUNNING: pending. WAITING trials, and FAIL not confirmed as above: ignored.
@@ -62,19 +64,18 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from ridgeline.errors import TuneError
-from ridgeline.tuner.descent import _Search
+from ridgeline.tuner.descent import TuneResult, _Search
 from ridgeline.tuner.invariants import CoordinateSystem
 from ridgeline.tuner.monomials import Space
-from ridgeline.tuner.settings import LINE_SEARCHES
+from ridgeline.tuner.settings import DEFAULT, LINE_SEARCHES, RECHECKS
 
 __all__ = ["DIVERGED_ATTR", "FlatDirectionSampler", "STOPPED_ATTR"]
 
 DEFAULT_INVARIANTS = ("lr*weight_decay/(1-momentum)",)
+FAILURE_ATTR = "failure"  # trial user attr (ridgeline.runs.ledger's): why it failed, not a NaN
 DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials that diverged
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
 LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
-MAX_LEVEL = 8  # docs/tuner.md measures 1 to 8
-RECHECKS = ("all", "best")  # which points get the level's replicates: all compared, the best
 
 
 class FlatDirectionSampler(BaseSampler):
@@ -82,11 +83,13 @@ class FlatDirectionSampler(BaseSampler):
 
     ``start`` names the tuned parameters and the first point; ``complement`` those that enter
     as ``1-x`` (in [0, 1), stepped in log(1−x)); ``invariants`` are monomials held fixed by
-    every move along another coordinate. ``min_improvement`` and ``line_search`` are the
-    search's (``tuner.descent.tune``); ``max_level``, ``recheck`` and ``wide`` say how it
-    refines instead of stopping (module docstring); ``max_evals`` caps the evaluations the
-    search asks for (None: only ``n_trials`` does). ``seed`` seeds the default
-    ``independent_sampler``.
+    every move along another coordinate. ``min_improvement`` (a step must beat the best by
+    more than this) and ``line_search`` are the search's (``tuner.descent``); ``max_level``,
+    ``recheck`` and ``wide`` say how it refines instead of stopping (module docstring);
+    ``replicates`` is the starting level (each compared point the mean of that many seeds);
+    ``order`` the coordinates' order (default: invariants, then free ones); ``max_evals``
+    caps the evaluations the search asks for (None: only ``n_trials`` does). ``seed`` seeds
+    the default ``independent_sampler``. The defaults are ``tuner.settings.DEFAULT``.
     """
 
     def __init__(
@@ -95,12 +98,14 @@ class FlatDirectionSampler(BaseSampler):
         start: Mapping[str, float],
         invariants: Sequence[str] = DEFAULT_INVARIANTS,
         complement: Sequence[str] = ("momentum",),
-        min_improvement: float = 0.0,
-        line_search: str = "accelerate",
-        max_level: int = MAX_LEVEL,
-        recheck: str = "best",
-        wide: bool = True,
+        min_improvement: float = DEFAULT.min_improvement,
+        line_search: str = DEFAULT.line_search,
+        max_level: int = DEFAULT.max_level,
+        recheck: str = DEFAULT.recheck,
+        wide: bool = DEFAULT.wide,
         max_evals: int | None = None,
+        replicates: int = 1,
+        order: Sequence[str] | None = None,
         seed_param: str = "seed",
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
@@ -110,15 +115,20 @@ class FlatDirectionSampler(BaseSampler):
         self._system.to_coords(start)  # a start outside the space's domain fails here
         if line_search not in LINE_SEARCHES:
             raise TuneError(f"line_search {line_search!r} is not one of {list(LINE_SEARCHES)}")
-        if max_level < 1 or (max_evals is not None and max_evals < 1):
-            raise TuneError("max_level and max_evals must be >= 1")
+        for name, value in (("max_level", max_level), ("max_evals", max_evals or 1),
+                            ("replicates", replicates)):
+            if not (isinstance(value, int) and value >= 1):
+                raise TuneError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
         self._start = dict(start)
         if recheck not in RECHECKS:
             raise TuneError(f"recheck {recheck!r} is not one of {list(RECHECKS)}")
         self._search_args = dict(min_improvement=min_improvement, max_level=max_level,
                                  recheck=recheck, wide=wide,
                                  accelerate=line_search == "accelerate",
-                                 max_evals=max_evals or 2**62)
+                                 max_evals=max_evals or 2**62, min_level=replicates,
+                                 order=order)
+        _Search(self._system, self._start, bounds=None, on_run=None,  # a bad order or start
+                **self._search_args)  # fails here, at construction
         self._seed_param = seed_param
         self._independent = independent_sampler or optuna.samplers.TPESampler(seed=seed)
         self._lock = threading.Lock()
@@ -176,10 +186,11 @@ class FlatDirectionSampler(BaseSampler):
         nothing left to try."""
         with self._lock:
             self._proposals.pop(trial.number, None)
-            if state == TrialState.FAIL:
+            if state == TrialState.FAIL and FAILURE_ATTR not in trial.user_attrs:
                 self._unconfirmed.add(trial.number)
             elif state == TrialState.COMPLETE:
-                _, stopped = self._propose(study, {trial.number: values[0]})
+                value = -math.inf if trial.user_attrs.get("diverged") else values[0]
+                _, stopped = self._propose(study, {trial.number: value})
                 if stopped is not None:
                     _stop(study, stopped)
         self._independent.after_trial(study, trial, state, values)
@@ -190,11 +201,32 @@ class FlatDirectionSampler(BaseSampler):
 
     # ------------------------------------------------------------------ the search
 
+    def result(self, study: optuna.Study) -> TuneResult:
+        """The search so far, replayed from the study's trials: Page's table of runs
+        (``history``), the best point, and ``stopped``: "converged", "max_evals" (the
+        search's budget), or "unfinished" (it needs a point no finished trial covers).
+        ``ridgeline tune`` prints and plots this; call it after ``study.optimize``."""
+        with self._lock:
+            lookup = _Lookup(self, study, {}, pending=False)
+            search = _Search(self._system, self._start, bounds=lookup.bounds(), on_run=None,
+                             **self._search_args)
+            try:
+                stopped = search.run(lookup)
+            except _Propose:
+                stopped = "unfinished"
+            if not search.history:
+                raise TuneError("the study holds no finished trial at the sampler's start")
+            used = {n for r in search.history for n in r.trials}
+            extra = sum(1 for t in study.get_trials(deepcopy=False)
+                        if t.state.is_finished() and t.number not in used
+                        and self._key(t.params) is not None)
+            return search.result(stopped, n_speculative=extra)
+
     def _propose(self, study: optuna.Study, finished: Mapping[int, float] | None = None):
         """(the next proposal, why the search is over or None), from the study's trials."""
         lookup = _Lookup(self, study, dict(finished or {}))
-        search = _Search(self._system, self._start, None, bounds=lookup.bounds(),
-                         on_run=None, **self._search_args)
+        search = _Search(self._system, self._start, bounds=lookup.bounds(), on_run=None,
+                         **self._search_args)
         try:
             stopped = search.run(lookup)
         except _Propose as p:
@@ -263,7 +295,7 @@ class _Lookup:
     workers = 1  # speculation comes from the RUNNING trials instead
 
     def __init__(self, sampler: FlatDirectionSampler, study: optuna.Study,
-                 finished: dict[int, float]) -> None:
+                 finished: dict[int, float], pending: bool = True) -> None:
         self.sampler, self.waiting = sampler, False
         self.done: dict[tuple, dict[int, _Value]] = {}
         self.running: dict[tuple, set[int]] = {}
@@ -272,7 +304,7 @@ class _Lookup:
         trials = study.get_trials(deepcopy=False)
         for t in trials:
             self.dists.update(t.distributions)
-        pending = [(n, p.params, p.replicate) for n, p in sampler._proposals.items()
+        pending_here = [(n, p.params, p.replicate) for n, p in sampler._proposals.items()
                    if n not in finished]  # proposed in this process: pending, params or not
         for t in sorted(trials, key=lambda t: t.number):
             if t.number in finished:
@@ -283,9 +315,10 @@ class _Lookup:
             elif (t.state == TrialState.FAIL and t.number in diverged
                   or t.state == TrialState.PRUNED):  # pruned: worse than any finished run
                 self.add(t.params, t.number, _read(-math.inf), t.params)
-            elif t.state == TrialState.RUNNING and t.number not in sampler._proposals:
+            elif (pending and t.state == TrialState.RUNNING
+                  and t.number not in sampler._proposals):
                 self.add(t.params, t.number, None, t.params)
-        for number, params, replicate in pending:
+        for number, params, replicate in pending_here if pending else ():
             self.add(params, number, None, {sampler._seed_param: replicate})
 
     def add(self, params: Mapping, number: int, value: _Value | None, seeded: Mapping) -> None:
