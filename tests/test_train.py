@@ -273,6 +273,47 @@ def test_cuda_steps_make_no_host_sync(data):
     assert not r.diverged and r.extras["run"]["sync_every"] == 0
 
 
+def test_cuda_graphs_on_cpu_is_a_clear_error(data):
+    with pytest.raises(RidgelineError, match="^cuda_graphs needs a CUDA device, not cpu$"):
+        train(preset="tiny", data=data, seed=0, device="cpu", cuda_graphs=True)
+
+
+def test_cuda_graphs_off_is_recorded(data):
+    r = train(preset="tiny", data=data, seed=0, device="cpu")
+    assert r.extras["run"]["cuda_graphs"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_steps_match_eager_and_make_no_host_sync(data):
+    # The graphed step is the eager step replayed: the same losses up to cuDNN's algorithm
+    # choice, the warm-up leaves the run unchanged, and no step waits for the device.
+    class NoSync(_LrProbe):
+        name = "nosync"
+
+        def on_train_start(self, model, optimizer, hparams, total_steps):
+            super().on_train_start(model, optimizer, hparams, total_steps)
+            self.losses = []
+
+        def before_step(self, step, model, lr):
+            if step > 0:  # the first optimiser step allocates its momentum buffers
+                torch.cuda.set_sync_debug_mode("error")
+
+        def after_step(self, step, model, lr, loss):
+            torch.cuda.set_sync_debug_mode("default")
+            self.losses.append(loss)  # a copy: the next replay must not change it
+
+        def result(self):
+            return {"losses": torch.stack(self.losses).tolist()}
+
+    eager = train(preset="tiny", data=data, seed=0, device="cuda", hooks=[NoSync()])
+    graphed = train(preset="tiny", data=data, seed=0, device="cuda", hooks=[NoSync()],
+                    cuda_graphs=True)
+    assert graphed.extras["run"]["cuda_graphs"] is True and not graphed.diverged
+    a, b = eager.extras["nosync"]["losses"], graphed.extras["nosync"]["losses"]
+    assert len(a) == len(b) and len(set(b)) > 1
+    assert b == pytest.approx(a, rel=2e-2, abs=2e-2)
+
+
 def test_batch_larger_than_training_set_is_a_clear_error(data):
     hp = get_preset("tiny").hparams.replace(batch_size=100_000)
     with pytest.raises(HParamError, match="batch_size=100000.*256 training images"):
