@@ -387,8 +387,9 @@ def train(
     ``sync_every`` (default 1 on CPU, 0 on CUDA) is how often, in steps, the loop reads the
     running loss to stop a diverged run; 0 reads it once per epoch, the loop's only host sync.
     ``cuda_graphs`` (CUDA only, opt-in) captures each step's forward and backward as one CUDA
-    graph (:class:`GraphedStep`); hooks then see the loss as a copy, and ``laps`` times the
-    replay as "forward" and "backward" as ~0.
+    graph (:class:`GraphedStep`, captured before the timed loop: its seconds are in
+    warmup_time); hooks then see the loss as a copy, and ``laps`` counts the whole replay
+    (forward, loss, backward) as "forward".
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     hp = hparams or preset.hparams
