@@ -66,6 +66,8 @@ VARIANTS = {
                            "compile_mode": "max-autotune-no-cudagraphs"},
     "eager-bf16-nobench": {"precision": "bf16", "channels_last": True, "compile_mode": None,
                            "cudnn_benchmark": False},
+    "graphs-bf16": {"precision": "bf16", "channels_last": True, "compile_mode": None,
+                    "cuda_graphs": True},
 }
 DEFAULT_VARIANTS = ["eager-bf16", "eager-fp16", "eager-bf16-nchw", "compile-bf16",
                     "autotune-bf16"]
@@ -238,6 +240,8 @@ class Bench:
         args = self.args
         if config["precision"] == "fp16" and self.dev.type != "cuda":
             return "fp16 autocast is CUDA-only"
+        if config.get("cuda_graphs") and self.dev.type != "cuda":
+            return "cuda_graphs needs a CUDA device"
         if config["compile_mode"] and self.dev.type == "cpu" and args.compile_backend is None:
             return ("inductor's CPU compile takes minutes on a small CPU: pass "
                     "--compile-backend eager to exercise the compile path")
@@ -274,7 +278,8 @@ class Bench:
             r = train(hparams or self.preset.hparams, self.preset, seed=seed,
                       device=self.args.device, data=data, precision=config["precision"],
                       channels_last=config["channels_last"], compile_mode=config["compile_mode"],
-                      compile_backend=self.args.compile_backend or "inductor", warmup=True)
+                      compile_backend=self.args.compile_backend or "inductor", warmup=True,
+                      cuda_graphs=config.get("cuda_graphs", False))
         except Exception as e:  # record it and go on: one bad variant must not cost the rest
             traceback.print_exc()
             msg = " ".join(f"{type(e).__name__}: {e}".split())[:500]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ridgeline.cifar.data import load_cifar10
 from ridgeline.cifar.model import ResNet9
-from ridgeline.cifar.train import Laps, make_optimizer, train
+from ridgeline.cifar.train import Laps, make_optimizer, resolve_precision, train
 from ridgeline.presets import get_preset
 from ridgeline.versions import versions
 
@@ -87,10 +87,11 @@ def git_commit() -> str | None:
         return None
 
 
-def pure_step(preset, hp, steps: int, repeats: int = 3) -> tuple[float, dict]:
+def pure_step(preset, hp, steps: int, repeats: int = 3,
+              amp: torch.dtype | None = torch.bfloat16) -> tuple[float, dict]:
     """Seconds per step of forward + loss + backward + optimiser + zero_grad on one fixed
-    batch, the way train() runs it (bf16 autocast, channels_last), and per phase: the best of
-    ``repeats`` timings of ``steps`` steps."""
+    batch, the way train() runs it (``amp`` autocast, None: fp32; channels_last), and per
+    phase: the best of ``repeats`` timings of ``steps`` steps."""
     torch.manual_seed(0)
     model = ResNet9(preset.width).to(memory_format=torch.channels_last)
     opt = make_optimizer(model, hp)
@@ -99,7 +100,7 @@ def pure_step(preset, hp, steps: int, repeats: int = 3) -> tuple[float, dict]:
     y = torch.randint(0, 10, (hp.batch_size,))
 
     def step(lap):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
             out = model(x)
         lap("forward")
         loss = F.cross_entropy(out.float(), y)
@@ -155,6 +156,7 @@ def main() -> None:
     p.add_argument("--eval-each-epoch", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pure-steps", type=int, default=40, help="steps per pure-step timing")
+    p.add_argument("--precision", default="auto", help="as train(): auto, bf16 or fp32")
     a = p.parse_args()
     preset = get_preset(a.preset)
     over = {k: v for k, v in {"batch_size": a.batch_size, "lr": a.lr, "epochs": a.epochs,
@@ -165,8 +167,9 @@ def main() -> None:
     load0 = os.getloadavg()
     with CpuMeter() as meter:
         r = train(hp, preset, seed=a.seed, data=data, device="cpu",
-                  eval_each_epoch=a.eval_each_epoch, laps=laps)
-    pure, pure_phases = pure_step(preset, hp, a.pure_steps)
+                  eval_each_epoch=a.eval_each_epoch, laps=laps, precision=a.precision)
+    amp = resolve_precision(a.precision, torch.device("cpu"))
+    pure, pure_phases = pure_step(preset, hp, a.pure_steps, amp=amp)
     steps = laps.counts["forward"]
     seconds = dict(laps.seconds)
     step_s = sum(seconds.get(ph, 0.0) for ph in STEP_PHASES)
@@ -175,6 +178,7 @@ def main() -> None:
         "commit": git_commit(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
         "versions": versions(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
         "preset": preset.name, "hparams": hp.to_dict(), "eval_each_epoch": a.eval_each_epoch,
+        "precision": r.precision,
         "cpu_during_run": meter.to_dict(), "seed": a.seed, "test_acc": r.test_acc,
         "train_time": r.train_time,
         "wall_time": r.wall_time, "steps": steps, "seconds": seconds,

@@ -41,6 +41,27 @@ PEER_ARGS = ["--width-scale", "0.25", "--train-size", "10000", "--epochs", "10",
              "--channels-last"]
 OURS_ARGS = ["--preset", "cpu-mini", "--batch-size", "512", "--lr", "0.4", "--epochs", "10",
              "--warmup-epochs", "2.0833", "--eval-each-epoch", "--quiet"]
+# ISA flags that decide whether oneDNN has bf16 kernels here (ridgeline.cifar.train.
+# cpu_has_fast_bf16): pairs measured on CPUs with and without them are not comparable.
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
+
+
+def job_args(precision: str) -> tuple[list[str], list[str]]:
+    """The peer's and ridgeline's arguments for the job in ``precision`` (bf16 or fp32)."""
+    if precision == "bf16":
+        return PEER_ARGS, [*OURS_ARGS, "--precision", "bf16"]
+    return [a for a in PEER_ARGS if a != "--bf16"], [*OURS_ARGS, "--precision", "fp32"]
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def cpu_name() -> str:
@@ -90,9 +111,9 @@ def git_commit(cwd: Path) -> str | None:
         return None
 
 
-def run_peer(a, tmp: Path) -> dict:
+def run_peer(a, tmp: Path, args: list[str]) -> dict:
     out = tmp / "peer.json"
-    cmd = [sys.executable, str(a.peer), *PEER_ARGS, "--json", str(out)]
+    cmd = [sys.executable, str(a.peer), *args, "--json", str(out)]
     load = os.getloadavg()[0]
     proc = run_child(cmd, dict(os.environ), tmp / "peer.log")
     r = json.loads(out.read_text())
@@ -117,6 +138,7 @@ def run_ours(a, tmp: Path, args: list[str], seed: int) -> dict:
         eval_s, eval_kind = r["wall_time"] - r["train_time"], "upper bound (wall - train)"
     return {"side": "ridgeline", "train_s": round(r["train_time"], 3), "eval_s": round(eval_s, 3),
             "eval_s_kind": eval_kind, "test_acc": r["test_acc"], "diverged": r["diverged"],
+            "precision": r.get("precision"),
             "threads": r.get("threads"), "seed": seed, "torch": r["versions"].get("torch"),
             "ridgeline_wall_time": round(r["wall_time"], 3), **proc, "loadavg_before": load}
 
@@ -138,7 +160,15 @@ def summarise(res: dict) -> dict:
             "n": len(ps), "train_ratio": tr, "eval_ratio": ev,
             "train_ratio_min": min(tr), "train_ratio_median": statistics.median(tr),
             "eval_ratio_min": min(ev), "eval_ratio_median": statistics.median(ev),
-            "acc_diff_pp": [p["ratios"]["acc_diff_pp"] for p in ps]}
+            "acc_diff_pp": [p["ratios"]["acc_diff_pp"] for p in ps],
+            "foreign_cpu_s": [[p["peer"]["foreign_cpu_s"], p["ridgeline"]["foreign_cpu_s"]]
+                              for p in ps],
+            "precision": [p.get("precision", "bf16") for p in ps],
+            "cpu_flags": [p.get("cpu_flags") for p in ps],
+            # issue #15: ≥1.0× in every pair (training and evaluation), 1.15× training as goal
+            "targets": {"train_every_pair_ge_1.0": min(tr) >= 1.0,
+                        "eval_every_pair_ge_1.0": min(ev) >= 1.0,
+                        "train_goal_every_pair_ge_1.15": min(tr) >= 1.15}}
     for label in sorted({r["label"] for r in res["cpu_mini"]}):
         rs = [r for r in res["cpu_mini"] if r["label"] == label]
         accs = [r["test_acc"] for r in rs]
@@ -162,7 +192,10 @@ def machine(a) -> dict:
     import numpy
     import torch
 
-    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads":
+    from ridgeline.cifar.train import cpu_has_fast_bf16
+
+    return {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "onednn_bf16": cpu_has_fast_bf16(),
+            "cpu_count": os.cpu_count(), "torch_threads":
             torch.get_num_threads(), "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version(),
             "ridgeline_commit": a.src_commit or (git_commit(ROOT) if a.ridgeline_src == ROOT / "src"
@@ -177,6 +210,10 @@ def print_summary(res: dict) -> None:
             print(f"{key}: n={s['n']} training-time ratio {tr} (min {s['train_ratio_min']:.2f})"
                   f" | eval ratio {', '.join(f'{x:.2f}' for x in s['eval_ratio'])}"
                   f" | acc diff pp {', '.join(f'{x:+.2f}' for x in s['acc_diff_pp'])}")
+            print("    foreign CPU s (peer/ridgeline): "
+                  + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in s.get("foreign_cpu_s", [])))
+            print("    " + "; ".join(f"{k}: {'met' if v else 'missed'}"
+                                     for k, v in s.get("targets", {}).items()))
         else:
             std = f"{s['std_pp']:.2f}" if s["std_pp"] is not None else "-"
             print(f"{key}: seeds {s['seeds']} acc {[round(100 * x, 2) for x in s['test_acc']]}"
@@ -195,16 +232,23 @@ def main() -> None:
     p.add_argument("--src-commit", help="the commit that --ridgeline-src holds, for the record")
     p.add_argument("--cpu-mini-seeds", type=int, nargs="+",
                    help="run ridgeline's cpu-mini preset at these seeds instead of pairs")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="both sides' precision: bf16 autocast (the job) or fp32; auto: bf16 "
+                        "where oneDNN has bf16 kernels on this CPU, else fp32")
     p.add_argument("--summary", action="store_true", help="print the summary and exit")
     a = p.parse_args()
     a.ridgeline_src = a.ridgeline_src.resolve()
     res = load_results()
     if a.summary:
+        save(res)  # the summary recomputed from the pairs
         print_summary(res)
         return
     if a.cpu_mini_seeds is None and not a.peer.is_file():
         sys.exit(f"error: no peer harness at {a.peer} (pass --peer)")
     env_info = machine(a)
+    if a.precision == "auto":
+        a.precision = "bf16" if env_info["onednn_bf16"] else "fp32"
+    peer_args, ours_args = job_args(a.precision)
     print(f"{env_info['cpu']}, {env_info['torch_threads']} threads, torch {env_info['torch']}, "
           f"ridgeline {env_info['ridgeline_commit']} from {env_info['ridgeline_src']}")
     with tempfile.TemporaryDirectory() as d:
@@ -220,10 +264,11 @@ def main() -> None:
             for i in range(a.pairs):
                 n = len(res["pairs"])
                 seed = n if a.seed is None else a.seed + i
-                peer = run_peer(a, tmp)  # A
-                ours = run_ours(a, tmp, OURS_ARGS, seed)  # B
+                peer = run_peer(a, tmp, peer_args)  # A
+                ours = run_ours(a, tmp, ours_args, seed)  # B
                 pair = {"label": a.label, "date": _now(), "order": "peer, ridgeline",
-                        **env_info, "peer": peer, "ridgeline": ours, "ratios": {
+                        "precision": a.precision, **env_info, "peer": peer, "ridgeline": ours,
+                        "ratios": {
                             "train": round(peer["train_s"] / ours["train_s"], 4),
                             "eval": round(peer["eval_s"] / ours["eval_s"], 4),
                             "acc_diff_pp": round(100 * (ours["test_acc"] - peer["test_acc"]), 2)}}

@@ -64,3 +64,27 @@ def test_unknown_device_is_one_line_error(fake_data, capsys):
     code = main(["train", "--preset", "tiny", "--data", str(fake_data), "--device", "tpu"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "device 'tpu'" in err
+
+
+def test_cuda_graphs_on_cpu_is_one_line_error(fake_data, capsys):
+    code = main(["train", "--preset", "tiny", "--data", str(fake_data), "--device", "cpu",
+                 "--cuda-graphs"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--cuda-graphs needs a CUDA device" in err and "\n" not in err
+
+
+def test_compile_and_cuda_graphs_flags_reach_train(fake_data, monkeypatch, capsys):
+    import ridgeline.cifar.train as T
+
+    seen = {}
+    real = T.train
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **{**kw, "compile_mode": None})  # plumbing only: no compile here
+
+    monkeypatch.setattr(T, "train", spy)
+    code = main(["train", "--preset", "tiny", "--data", str(fake_data), "--epochs", "1",
+                 "--device", "cpu", "--compile", "max-autotune", "--quiet"])
+    assert code == 0
+    assert seen["compile_mode"] == "max-autotune" and seen["cuda_graphs"] is False

@@ -10,12 +10,14 @@ from torch import nn
 from ridgeline.cifar.model import ResNet9
 from ridgeline.cifar.train import (
     RunResult,
+    cpu_has_fast_bf16,
     evaluate,
     keep_freed_memory,
     lr_schedule,
     make_optimizer,
     prepare_images,
     resolve_device,
+    resolve_precision,
     train,
 )
 from ridgeline.errors import HParamError, RidgelineError
@@ -127,7 +129,7 @@ def test_result_record_is_complete_and_round_trips_json(data):
     assert len(r.epochs) == get_preset("tiny").hparams.epochs
     assert all("test_acc" in e for e in r.epochs)
     assert r.images_per_sec > 0 and r.wall_time >= r.train_time > 0
-    assert r.precision == "bfloat16" and r.device == "cpu"
+    assert r.precision == ("bfloat16" if cpu_has_fast_bf16() else "fp32") and r.device == "cpu"
     assert {"torch", "python", "ridgeline"} <= set(r.versions)
     assert r.threads == __import__("torch").get_num_threads() >= 1  # results depend on it
     assert RunResult.from_dict(__import__("json").loads(r.to_json())) == r
@@ -271,6 +273,58 @@ def test_cuda_steps_make_no_host_sync(data):
 
     r = train(preset="tiny", data=data, seed=0, device="cuda", hooks=[NoSync()])
     assert not r.diverged and r.extras["run"]["sync_every"] == 0
+
+
+def test_auto_precision_on_cpu_is_bf16_only_where_onednn_has_bf16(monkeypatch):
+    import ridgeline.cifar.train as T
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(T, "cpu_has_fast_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) is None  # fp32: bf16 would be the reference gemm
+    assert resolve_precision("bf16", cpu) is torch.bfloat16  # asked for, it is what it gets
+
+
+def test_cuda_graphs_on_cpu_is_a_clear_error(data):
+    with pytest.raises(RidgelineError, match="^cuda_graphs needs a CUDA device, not cpu$"):
+        train(preset="tiny", data=data, seed=0, device="cpu", cuda_graphs=True)
+
+
+def test_cuda_graphs_off_is_recorded(data):
+    r = train(preset="tiny", data=data, seed=0, device="cpu")
+    assert r.extras["run"]["cuda_graphs"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_steps_match_eager_and_make_no_host_sync(data):
+    # The graphed step is the eager step replayed: the same losses up to cuDNN's algorithm
+    # choice, the warm-up leaves the run unchanged, and no step waits for the device.
+    class NoSync(_LrProbe):
+        name = "nosync"
+
+        def on_train_start(self, model, optimizer, hparams, total_steps):
+            super().on_train_start(model, optimizer, hparams, total_steps)
+            self.losses = []
+
+        def before_step(self, step, model, lr):
+            if step > 0:  # the first optimiser step allocates its momentum buffers
+                torch.cuda.set_sync_debug_mode("error")
+
+        def after_step(self, step, model, lr, loss):
+            torch.cuda.set_sync_debug_mode("default")
+            self.losses.append(loss)  # a copy: the next replay must not change it
+
+        def result(self):
+            return {"losses": torch.stack(self.losses).tolist()}
+
+    eager = train(preset="tiny", data=data, seed=0, device="cuda", hooks=[NoSync()])
+    graphed = train(preset="tiny", data=data, seed=0, device="cuda", hooks=[NoSync()],
+                    cuda_graphs=True)
+    assert graphed.extras["run"]["cuda_graphs"] is True and not graphed.diverged
+    a, b = eager.extras["nosync"]["losses"], graphed.extras["nosync"]["losses"]
+    assert len(a) == len(b) and len(set(b)) > 1
+    assert b == pytest.approx(a, rel=2e-2, abs=2e-2)
 
 
 def test_batch_larger_than_training_set_is_a_clear_error(data):

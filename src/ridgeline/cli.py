@@ -227,6 +227,11 @@ def objective_from_args(args: argparse.Namespace, data=None):
 def check_train(args: argparse.Namespace) -> None:
     hparams_from_args(args)
     need(args, "seed", *SEED)
+    if args.cuda_graphs:
+        from ridgeline.cifar.train import resolve_device
+
+        if resolve_device(args.device).type != "cuda":
+            raise RidgelineError("--cuda-graphs needs a CUDA device (--device cuda)")
     if args.out:
         check_writable("--out", args.out)
 
@@ -237,7 +242,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     preset, hp = hparams_from_args(args)
     result = train(hp, preset, seed=args.seed, device=args.device, data=load_data(args),
                    progress=not args.quiet, eval_each_epoch=args.eval_each_epoch,
-                   precision=args.precision)
+                   precision=args.precision, compile_mode=args.compile,
+                   cuda_graphs=args.cuda_graphs)
     problems: list[str] = []
     if args.out:
         write_or_fallback("--out", args.out, lambda p: write_text(p, result.to_json(indent=2)),
@@ -555,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-each-epoch", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="also print the RunResult as JSON")
+    p.add_argument("--compile", metavar="MODE",
+                   help="torch.compile the model in this mode (default, max-autotune, ...; "
+                        "compiled before the timed loop)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each step's forward and backward as one CUDA graph (CUDA only)")
     p.set_defaults(func=cmd_train, check=check_train)
 
     p = sub.add_parser("diagnose", help="log ‖w‖ and angular updates of the BN-fed convs and "

@@ -180,12 +180,31 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether torch's oneDNN runs bf16 convolutions and matmuls on this CPU.
+
+    oneDNN's bf16 kernels need AVX-512 (BW/VL/DQ) or AVX-512-BF16/AMX. Without them (e.g. an
+    AVX2-only Zen 3 EPYC) a bf16 conv under autocast falls back to ``slow_conv2d`` with torch's
+    reference bf16 gemm: on a 2-core AVX2 EPYC (2026-12-02) a 1024² bf16 matmul ran at 0.8
+    GFLOP/s per core against 43.8 in fp32, and a cpu-mini step took ~9× the CPU time of an fp32
+    one. Unknown (an old torch): assume it is fast, as before.
+    """
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def resolve_precision(precision: str, dev: torch.device) -> torch.dtype | None:
-    """'auto' is bf16 autocast (CPU, and CUDA where supported, else fp16); 'fp32' disables it."""
+    """'auto' is bf16 autocast (CUDA where supported, else fp16; CPU where oneDNN has bf16
+    kernels, else fp32: see :func:`cpu_has_fast_bf16`); 'fp32' disables it."""
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision == "auto":
         if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
+        if dev.type == "cpu" and not cpu_has_fast_bf16():
+            return None
         return torch.bfloat16
     if precision not in table:
         raise RidgelineError(f"unknown precision {precision!r}: use auto, bf16, fp16 or fp32")
@@ -281,6 +300,57 @@ def warm_up(model, opt, pair, labels, test_x, test_y, hp: HParams, dev, amp_dtyp
     return time.perf_counter() - t
 
 
+class GraphedStep:
+    """Trick "CUDA graph of the step" (``train(cuda_graphs=True)``): the forward, loss and
+    backward of one batch captured once as a CUDA graph and replayed every step, so a step is
+    two copies into static input tensors and one graph launch instead of a few hundred kernel
+    launches. The optimiser stays outside the graph (fused SGD: one launch per step, with the
+    step's lr as a plain float), as do the hooks and the running loss sum.
+
+    Capture follows torch's recipe: ``reps`` warm-up passes on a side stream (cuDNN algorithm
+    choice, autograd's lazy state), then ``torch.cuda.graph`` with the gradients unset, so the
+    graph's backward *writes* them (into its own memory pool) on every replay: the loop must no
+    longer zero or unset them. The warm-up's BatchNorm statistics are put back afterwards (the
+    weights did not change: no optimiser step), so the run is the one it would have been.
+    ``out`` and ``loss`` are static: a replay overwrites them.
+    """
+
+    def __init__(self, model, opt, scaler, x: torch.Tensor, y: torch.Tensor, dev, amp_dtype,
+                 reps: int = 3) -> None:
+        self.model, self.dev, self.amp_dtype, self.scaler = model, dev, amp_dtype, scaler
+        self.x = x.clone(memory_format=torch.preserve_format)
+        self.y = y.clone()
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(reps):
+                opt.zero_grad(set_to_none=True)
+                self._forward_backward()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        opt.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out, self.loss = self._forward_backward()
+        model.load_state_dict(state)  # copies in place: the graph's tensors stay where they are
+        torch.cuda.synchronize(dev)
+
+    def _forward_backward(self):
+        # cache_enabled=False: autocast's weight-cast cache must not outlive the capture
+        with torch.autocast(self.dev.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None, cache_enabled=False):
+            out = self.model(self.x)
+        loss = F.cross_entropy(out.float(), self.y)
+        self.scaler.scale(loss).backward()
+        return out, loss
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x.copy_(x, non_blocking=True)
+        self.y.copy_(y, non_blocking=True)
+        self.graph.replay()
+        return self.out, self.loss
+
+
 def train(
     hparams: HParams | None = None,
     preset: str | Preset = "cpu-mini",
@@ -299,6 +369,7 @@ def train(
     warmup: bool | None = None,
     laps: Laps | None = None,
     sync_every: int | None = None,
+    cuda_graphs: bool = False,
 ) -> RunResult:
     """Train ResNet-9 under ``preset`` (with ``hparams`` overriding its defaults).
 
@@ -315,10 +386,16 @@ def train(
     :class:`Laps`) collects a per-phase profile of the training loop and evaluations.
     ``sync_every`` (default 1 on CPU, 0 on CUDA) is how often, in steps, the loop reads the
     running loss to stop a diverged run; 0 reads it once per epoch, the loop's only host sync.
+    ``cuda_graphs`` (CUDA only, opt-in) captures each step's forward and backward as one CUDA
+    graph (:class:`GraphedStep`, captured before the timed loop: its seconds are in
+    warmup_time); hooks then see the loss as a copy, and ``laps`` counts the whole replay
+    (forward, loss, backward) as "forward".
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     hp = hparams or preset.hparams
     dev = resolve_device(device)
+    if cuda_graphs and dev.type != "cuda":
+        raise RidgelineError(f"cuda_graphs needs a CUDA device, not {dev}")
     amp_dtype = resolve_precision(precision, dev)
     if data is None:
         from ridgeline.cifar.data import load_cifar10
@@ -369,6 +446,14 @@ def train(
     # recorded as diverged the same way.
     if sync_every is None:
         sync_every = 1 if dev.type == "cpu" else 0
+    graphed = None
+    if cuda_graphs:
+        t_graph = time.perf_counter()
+        p = augment.PAD
+        graphed = GraphedStep(model, opt, scaler,
+                              pair[0, :hp.batch_size, :, p:-p, p:-p].contiguous(memory_format=fmt),
+                              labels[:hp.batch_size], dev, amp_dtype)
+        warmup_time += time.perf_counter() - t_graph
     for h in hooks:
         h.on_train_start(model, opt, hp, total_steps)
 
@@ -400,20 +485,25 @@ def train(
             for h in hooks:
                 h.before_step(step, model, lr)
             lap("hooks")
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(x)
-            lap("forward")
-            loss = F.cross_entropy(out.float(), y)
-            lap("loss")
-            scaler.scale(loss).backward()
-            lap("backward")
+            if graphed is None:
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = model(x)
+                lap("forward")
+                loss = F.cross_entropy(out.float(), y)
+                lap("loss")
+                scaler.scale(loss).backward()
+                lap("backward")
+            else:  # forward, loss and backward in one replay; the gradients stay the graph's
+                out, loss = graphed(x, y)
+                lap("forward")
             scaler.step(opt)
             scaler.update()
             lap("optimizer")
-            opt.zero_grad(set_to_none=True)
+            if graphed is None:
+                opt.zero_grad(set_to_none=True)
             lap("zero_grad")
-            for h in hooks:
-                h.after_step(step, model, lr, loss.detach())
+            for h in hooks:  # a graph's loss is overwritten by the next replay: hooks get a copy
+                h.after_step(step, model, lr, loss.detach() if graphed is None else loss.clone())
             lap("hooks")
             loss_sum += loss.detach()
             torch.argmax(out, 1, out=preds[batch])
@@ -495,6 +585,7 @@ def train(
                         "compile_backend": compile_backend if compile_mode else None,
                         "warmup_time": warmup_time, "eval_time": eval_time,
                         "eval_time_total": eval_total, "sync_every": sync_every,
+                        "cuda_graphs": cuda_graphs,
                         "stopped": None if stop is None else stop.reason},
                 **{h.name: h.result() for h in hooks}},
         threads=torch.get_num_threads(),
