@@ -44,6 +44,7 @@ def test_batch_larger_than_dataset_is_one_line_error(fake_data, capsys):
     (["--epochs", "2", "--warmup-epochs", "3"], "warmup_epochs=3.0"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--data", "/nonexistent/cifar"], "/nonexistent/cifar does not exist"),
+    (["--lr=--"], "--lr was given no value"),  # argparse parses this as lr=[]
 ])
 def test_bad_input_is_one_line_error(args, needle, capsys):
     preset = [] if "--preset" in args else ["--preset", "tiny"]

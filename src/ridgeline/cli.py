@@ -710,8 +710,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check a command line: every input error is raised here, before any data is
     loaded, any storage touched or any output written."""
     args = build_parser().parse_args(argv)
+    _one_value_each(args)
     args.check(args)
     return args
+
+
+def _one_value_each(args: argparse.Namespace) -> None:
+    """argparse turns ``--lr=--`` into ``lr=[]`` (it drops a bare ``--``, even as a value):
+    a single-valued flag given no value is a usage error, not a list."""
+    for name, value in vars(args).items():
+        if isinstance(value, list) and not value:
+            flag = "--" + name.replace("_", "-")
+            raise RidgelineError(f"{flag} was given no value ('--' is not one): give a value")
 
 
 def run(args: argparse.Namespace) -> None:
