@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import json
 import math
+import platform
 import sys
 import time
 from collections import defaultdict
@@ -187,13 +188,17 @@ def cpu_has_fast_bf16() -> bool:
     AVX2-only Zen 3 EPYC) a bf16 conv under autocast falls back to ``slow_conv2d`` with torch's
     reference bf16 gemm: on a 2-core AVX2 EPYC (2026-12-02) a 1024² bf16 matmul ran at 0.8
     GFLOP/s per core against 43.8 in fp32, and a cpu-mini step took ~9× the CPU time of an fp32
-    one. Unknown (an old torch): assume it is fast, as before.
+    one. Read from torch's public ``torch.backends.cpu.get_cpu_capability()``: on x86 the
+    kernels are there iff it reports AVX512 (which oneDNN's bf16 path needs). Other CPUs, or a
+    torch without that call: assume fast, as before.
     """
-    try:
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return True
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        return True
+    return bool(torch.backends.mkldnn.is_available()) and "AVX512" in capability.upper()
 
 
 def resolve_precision(precision: str, dev: torch.device) -> torch.dtype | None:
