@@ -94,8 +94,7 @@ def run_cd(system, start: dict, rep: int, threshold: float = NOISE, replicates: 
            line_search: str = "double") -> dict:
     """Runs are objective calls (training runs): a point with k replicates costs k."""
     opt = optimum(rep)
-    study = optuna.create_study(direction="maximize")
-    result = tune(cd_objective(rep, opt), start, study, system, max_evals=CAP // replicates,
+    result = tune(cd_objective(rep, opt), start, system, max_evals=CAP // replicates,
                   min_improvement=threshold, replicates=replicates, seed=rep, bounds=CD_BOUNDS,
                   line_search=line_search)
     first = next((r.run for r in result.history if hit(r.params, opt)), None)

@@ -199,9 +199,8 @@ def run_cd(table: Table, system, start: dict, rep: int, threshold: float, line_s
     """Bounded to the grid's box: points outside are worse without being run."""
     bounds = {"lr": table.box()["lr"], "weight_decay": table.box()["weight_decay"],
               "momentum": tuple(1 - b for b in reversed(table.box()["one_minus_momentum"]))}
-    result = tune(cd_objective(table, rep), start, optuna.create_study(direction="maximize"),
-                  system, max_evals=cap, min_improvement=threshold, seed=rep, bounds=bounds,
-                  line_search=line_search)
+    result = tune(cd_objective(table, rep), start, system, max_evals=cap,
+                  min_improvement=threshold, seed=rep, bounds=bounds, line_search=line_search)
     first = next((r.run for r in result.history if hit(table, r.params)), None)
     final = table.mean(table.index(result.best))
     return {"runs_to_target": first, "runs_total": result.n_runs, "stopped": result.stopped,

@@ -9,7 +9,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import optuna
 import pytest
 
 import ridgeline.cifar.train as train_module
@@ -244,9 +243,8 @@ def test_tune_preset_checks_its_settings_before_creating_the_study(env, kwargs, 
                                 **kwargs)
     assert not (env / "j.journal").exists()
     with pytest.raises(descent.TuneError, match=needle):  # the engine checks them too
-        descent.tune(lambda params, seed: 0.5, {"lr": 0.1, "momentum": 0.9,
-                                                 "weight_decay": 5e-4},
-                     optuna.create_study(direction="maximize"), **kwargs)
+        tune_module.tune(lambda params, seed: 0.5, {"lr": 0.1, "momentum": 0.9,
+                                                     "weight_decay": 5e-4}, **kwargs)
 
 
 @pytest.mark.parametrize("command", [["sweep", "--slice", "lr-wd"], ["tune"]])

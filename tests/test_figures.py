@@ -47,7 +47,7 @@ def _diag(k: float = 1.0) -> dict:
 
 def _tune_result():
     bowl = lambda params, seed: -math.log2(params["lr"] / 0.8) ** 2  # noqa: E731
-    return tune(bowl, START, optuna.create_study(direction="maximize"), max_evals=6)
+    return tune(bowl, START, max_evals=6)
 
 
 FIGURES = {

@@ -34,6 +34,11 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
   proposed again: a pruned run counts as worse than any finished one.
 * RUNNING: pending. WAITING trials, and FAIL not confirmed as above: ignored.
 
+When every point the search may need is running, a new trial gets another seed of the best
+(up to ``max_level``, which the refinement uses); past that it waits, polling the study, until
+a running trial ends. A study whose search is over proposes one more seed of the best and
+stops (``study.optimize`` cannot skip a trial it has already created).
+
 **Noise.** A cycle of line searches that improves nothing does not end the search: the
 replicate level rises, up to ``max_level``, and the cycle runs again. With ``recheck="best"``
 (the default) only the incumbent is scored as the mean over ``level`` seeds, which undoes the
@@ -55,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +82,7 @@ FAILURE_ATTR = "failure"  # trial user attr (ridgeline.runs.ledger's): why it fa
 DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials that diverged
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
 LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
+IDLE_POLL_S = 0.2  # how often a worker with nothing useful to run looks again
 
 
 class FlatDirectionSampler(BaseSampler):
@@ -150,12 +157,16 @@ class FlatDirectionSampler(BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna calls this when a trial is created, before anything is sampled: the
         proposal is chosen here, under a lock, so ``n_jobs`` threads see each other's."""
-        with self._lock:
-            self._confirm_diverged(study)
-            proposal, stopped = self._propose(study)
-            if stopped is not None:
-                _stop(study, stopped)
-            self._proposals[trial.number] = proposal
+        while True:
+            with self._lock:
+                self._confirm_diverged(study)
+                proposal, stopped = self._propose(study)
+                if stopped is not None:
+                    _stop(study, stopped)
+                if proposal is not None:
+                    self._proposals[trial.number] = proposal
+                    break
+            time.sleep(IDLE_POLL_S)  # nothing worth running until a running trial ends
         self._independent.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
@@ -233,8 +244,10 @@ class FlatDirectionSampler(BaseSampler):
             return p.proposal, None
         best = search.best
         reeval = _Proposal(search.params(best), lookup.next_replicate(best))
-        if lookup.waiting:  # every point it may need is running: measure the best again
-            return reeval, None
+        if lookup.waiting:  # every point it may need is running: measure the best again, up
+            # to max_level seeds (the refinement uses them); past that, wait (None)
+            useful = reeval.replicate < self._search_args["max_level"]
+            return (reeval if useful else None), None
         level = search.level
         why = (f"{stopped}: no move beat the best at {level} seed(s) per point"
                if stopped == "converged" else f"{stopped}: the search's budget is spent")

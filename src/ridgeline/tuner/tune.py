@@ -169,8 +169,9 @@ def tune(
         before = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         counter = _Progress(sampler, fixed, on_run)
         run_trial = _TrialObjective(objective, fixed, dists, seed, executor)
-        study.optimize(run_trial, n_trials=2 * max_evals + workers, n_jobs=workers,
-                       callbacks=[counter])
+        if not _over(sampler, study):  # a finished tune, run again, runs nothing
+            study.optimize(run_trial, n_trials=2 * max_evals + workers, n_jobs=workers,
+                           callbacks=[counter])
     result = _with_fixed(sampler.result(study), fixed)
     if result.stopped == "unfinished":  # the trial cap, before the search's own stop
         result.stopped = "max_evals"
@@ -201,6 +202,13 @@ def _sampler(start: Mapping, system: CoordinateSystem, settings: TunerSettings, 
                                    complement=system.space.complement, seed_param=REPLICATE,
                                    **kw, **settings.as_kwargs())
     return sampler, tuned, fixed
+
+
+def _over(sampler: FlatDirectionSampler, study: optuna.Study) -> bool:
+    try:
+        return sampler.result(study).stopped != "unfinished"
+    except TuneError:  # not even the start has run
+        return False
 
 
 def _with_fixed(result: TuneResult, fixed: Mapping) -> TuneResult:
