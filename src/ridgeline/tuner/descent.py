@@ -16,11 +16,13 @@ improves. ``"accelerate"`` doubles the step in log2 while it improves (×2, ×4,
 brackets the best point between two worse ones and probes inside the bracket at the vertex of
 the parabola through the three (or its middle); docs/tuner.md measures both.
 
-The box. Bounds are on the raw parameters, but the search moves coordinates. A step whose point
-leaves the box only through a parameter the move does not aim at (λ derived from u, 1−ρ and α)
-*slides*: the other free coordinates shift, by the fewest doublings, until the point is inside,
-with the moved coordinate and every invariant kept (``place``). So λ's range never blocks a move
-of u, which α or 1−ρ can make instead. A momentum-like parameter at exactly 0 (1−ρ = 1, plain
+The box. Bounds are on the raw parameters, but the search moves coordinates. A unit step (×2
+or ÷2) whose point leaves the box only through a parameter the move does not aim at (λ derived
+from u, 1−ρ and α) *slides*: the other free coordinates shift, by the fewest doublings, until
+the point is inside, with the moved coordinate and every invariant kept (``place``). So λ's range
+never blocks a move of u, which α or 1−ρ can make instead. Longer steps (the accelerating
+search's ×4, ×16, …) and probes stay inside the box, where the bracket closes at no cost: sliding
+them too cost 1–3 runs to target in docs/tuner.md's benchmark. A momentum-like parameter at exactly 0 (1−ρ = 1, plain
 SGD: the end of its domain, which no further step can bracket) is outside the box unless the
 start is there.
 """
@@ -201,7 +203,10 @@ class _Search:
     def line_search(self, c: int) -> bool:
         """×2; if no better, ÷2; then, while it improves, the same step again ("double") or
         steps that double ("accelerate"). True if the best point moved."""
-        for direction in (1, -1):
+        # A direction whose first step needs no slide goes first: sliding costs a run where
+        # the box used to reject for free, so it is tried only once the other side lost.
+        plain = [d for d in (1, -1) if self.in_bounds(self.params(_step(self.best, c, d)))]
+        for direction in plain + [d for d in (1, -1) if d not in plain]:
             if self.try_step(c, direction):
                 if self.accelerate:
                     self.expand_and_refine(c, direction)
@@ -256,34 +261,39 @@ class _Search:
         halfway towards the best until it is in bounds.
         """
         b = self.best[c]
-        ys = [self.runs.get(self.place(_step(self.best, c, x - b), c)) for x in (lo, b, hi)]
+        ys = [self.runs.get(_step(self.best, c, x - b)) for x in (lo, b, hi)]
         vertex = None if None in ys else parabola_vertex((lo, b, hi), [r.value for r in ys])
         if vertex is not None and lo < vertex < hi:
             m = math.floor(vertex + 0.5)
         else:
             m = b + (hi - b) // 2 if hi - b >= b - lo else b - (b - lo) // 2
-        while m != b and self.place(_step(self.best, c, m - b), c) is None:
+        while m != b and not self.in_bounds(self.params(_step(self.best, c, m - b))):
             m = b + int((m - b) / 2)
-        return None if m == b or self.place(_step(self.best, c, m - b), c) in self.runs else m
+        return None if m == b or _step(self.best, c, m - b) in self.runs else m
 
     def at_line_optimum(self, c: int) -> bool:
         """Both lattice neighbours of the best along ``c`` are known not to beat it."""
         best = self.runs[self.best].value
         for k in (1, -1):
-            key = self.place(_step(self.best, c, k), c)
-            if key in self.runs:
-                if self.runs[key].value > best + self.threshold:
+            key = _step(self.best, c, k)
+            if self.in_bounds(self.params(key)):
+                if key not in self.runs or self.runs[key].value > best + self.threshold:
                     return False
-            elif key is not None:
-                return False
+            elif (slid := self.place(key, c)) in self.runs:  # a slid neighbour is not
+                if self.runs[slid].value > best + self.threshold:  # required, but counts
+                    return False
         return True
 
     def try_step(self, c: int, k: int) -> bool:
-        """Evaluate the best point moved ``k`` lattice steps along ``c`` (slid into the box,
-        ``place``); move there if it wins."""
-        key = self.place(_step(self.best, c, k), c)
-        if key is None:
-            return False
+        """Evaluate the best point moved ``k`` lattice steps along ``c``; move there if it wins.
+        A unit step out of the box slides into it (``place``); a longer one is not taken."""
+        key = _step(self.best, c, k)
+        if not self.in_bounds(self.params(key)):
+            if abs(k) != 1:  # a longer step out of the box: the bracket closes inside it
+                return False
+            key = self.place(key, c)  # a unit step slides: the box never blocks a move
+            if key is None:
+                return False
         fresh = key not in self.runs
         incumbent = self.need(self.best, None, None)  # topped up to this level first
         run = self.need(key, self.system.names[c], 2.0**k)
