@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from ridgeline import cli
 
-HPARAMS = ["--lr", "--momentum", "--weight-decay", "--batch-size", "--epochs", "--warmup-epochs"]
+HPARAMS = ["--lr", "--momentum", "--weight-decay", "--batch-size", "--epochs", "--warmup-epochs",
+           "--beta1", "--beta2"]
 COMMANDS = {  # command line before the flags, and its numeric flags
     "train": (["train", "--preset", "tiny"], [*HPARAMS, "--seed"]),
     "diagnose": (["diagnose", "--preset", "tiny"], [*HPARAMS, "--seed", "--every", "--tol"]),
@@ -22,7 +23,10 @@ COMMANDS = {  # command line before the flags, and its numeric flags
              [*HPARAMS, "--min-improvement", "--replicates", "--max-evals", "--seed", "--workers",
               "--floor"]),
     "transfer": (["transfer", "--preset", "tiny"],
-                 ["--lr", "--momentum", "--weight-decay", "--batch-size", "--from"]),
+                 ["--lr", "--momentum", "--weight-decay", "--batch-size", "--beta1", "--from"]),
+    "transfer-adamw": (["transfer", "--preset", "cpu-mini-adamw"],
+                       ["--lr", "--weight-decay", "--batch-size", "--beta1", "--from"]),
+    "train-adamw": (["train", "--preset", "tiny", "--optimizer", "adamw"], HPARAMS),
     "reproduce": (["reproduce", "--preset", "tiny"], ["--workers", "--budget"]),
 }
 SPECIAL = ["0", "-0", "1", "-1", "2", "0.5", "-0.5", "inf", "-inf", "+inf", "nan", "-nan", "1e400",
@@ -44,7 +48,8 @@ def command_lines(draw, command: str) -> list[str]:
         n = draw(st.integers(1, 2)) if flag in ("--steps", "--span") else 1
         values = draw(st.lists(VALUE, min_size=n, max_size=n))
         if flag == "--from":
-            name = draw(st.sampled_from(["lr", "momentum", "weight_decay", "batch_size"]))
+            name = draw(st.sampled_from(["lr", "momentum", "weight_decay", "batch_size",
+                                         "beta1"]))
             values = [f"{name}={values[0]}"]
         if n == 1 and draw(st.booleans()):
             argv.append(f"{flag}={values[0]}")  # the other spelling

@@ -105,8 +105,9 @@ def test_a_budget_below_the_smallest_plan_names_the_minimum():
         plan("35")
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_rung_is_a_valid_grid_of_every_preset(preset):
+@pytest.mark.parametrize("preset", sorted(p for p in PRESETS
+                                    if PRESETS[p].hparams.optimizer == "sgd"))
+def test_every_rung_is_a_valid_grid_of_every_preset(preset):  # AdamW's: test_adamw.py
     for rung in planning.ladder(preset, "x", 1.0, "test"):
         assert len(rung.grids()) == 3
 

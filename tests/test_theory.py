@@ -164,6 +164,88 @@ def test_toy_norm_ratio_follows_lambda_over_alpha(one_thread):
                                                            rel=0.10)
 
 
+# ------------------------------------------------------------------------ AdamW
+
+
+def test_adamw_equilibrium_angle_values():
+    # √(2·2e-3·1.0·0.1/1.9) = 0.014510..., the cpu-mini-adamw placeholder at peak lr
+    assert theory.adamw_equilibrium_angular_update(2e-3, 1.0, 0.9) == pytest.approx(
+        0.0145095, rel=1e-5)
+    assert theory.adamw_equilibrium_angular_update(0.01, 0.5, 0.0) == pytest.approx(0.1)
+    # β₁ enters as (1−β₁)/(1+β₁): 1/19 of the β₁=0 angle² at β₁=0.9
+    ratio = (theory.adamw_equilibrium_angular_update(1e-3, 0.1, 0.9)
+             / theory.adamw_equilibrium_angular_update(1e-3, 0.1, 0.0))
+    assert ratio == pytest.approx(math.sqrt(0.1 / 1.9), rel=1e-12)
+    assert theory.adamw_equilibrium_angular_update(1e-3, 0.0) == 0.0
+    assert theory.adamw_equilibrium_norm(0.01, 0.5, 640) == pytest.approx(math.sqrt(6.4))
+    assert theory.adamw_equilibrium_norm(0.01, 0.0, 640) == math.inf
+
+
+def test_adamw_ema_timescale_values():
+    assert theory.adamw_ema_timescale(2e-3, 1.0) == pytest.approx(500.0)
+    assert theory.adamw_ema_timescale(2e-3, 1.0, steps_per_epoch=156) == pytest.approx(500 / 156)
+    assert theory.adamw_ema_timescale(1e-3, 0.0) == math.inf
+
+
+@given(lr=st.floats(1e-6, 1.0), wd=st.floats(1e-4, 10.0), b1=st.floats(0.0, 0.999),
+       k=st.floats(1e-3, 1e3))
+def test_adamw_angle_and_timescale_depend_on_lr_and_wd_only_through_their_product(lr, wd, b1, k):
+    angle = theory.adamw_equilibrium_angular_update(lr, wd, b1)
+    assert theory.adamw_equilibrium_angular_update(lr * k, wd / k, b1) == pytest.approx(
+        angle, rel=1e-9)
+    assert theory.adamw_ema_timescale(lr * k, wd / k) == pytest.approx(
+        theory.adamw_ema_timescale(lr, wd), rel=1e-9)
+    # ... while η alone moves the angle (√k) and the norm goes as √(η/λ) (k)
+    assert theory.adamw_equilibrium_angular_update(lr * k, wd, b1) == pytest.approx(
+        angle * math.sqrt(k), rel=1e-9)
+    assert theory.adamw_equilibrium_norm(lr * k, wd / k, 100) == pytest.approx(
+        k * theory.adamw_equilibrium_norm(lr, wd, 100), rel=1e-9)
+    # β₁ is SGD's heavy-ball ρ with the EMA's (1−β₁) scaling of the step
+    assert angle == pytest.approx(
+        theory.equilibrium_angular_update(lr, wd, b1) * math.sqrt(1 - b1), rel=1e-9)
+
+
+def _toy_adamw_run(lr, wd, beta1, steps=1000, every=2, seed=0):
+    """The SGD toy (Linear → BatchNorm1d without affine, pure-noise gradients) under
+    train.make_optimizer's AdamW at a constant lr."""
+    from ridgeline.cifar.train import make_optimizer
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 10, bias=False), nn.BatchNorm1d(10, affine=False))
+    hp = HParams(lr=lr, weight_decay=wd, batch_size=32, epochs=1, warmup_epochs=0,
+                 optimizer="adamw", beta1=beta1, beta2=0.99)
+    opt = make_optimizer(model, hp)
+    opt.param_groups[0]["lr"] = lr
+    hook = WeightNormHook(every=every, select=lambda m: [("fc", m[0].weight)])
+    hook.on_train_start(model, opt, hp, steps)
+    g = torch.Generator().manual_seed(seed + 1)
+    for s in range(steps):
+        x, y = torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
+        hook.before_step(s, model, lr)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        hook.after_step(s, model, lr)
+    return hook.result()
+
+
+def test_toy_reaches_adamws_predicted_equilibrium_and_eta_lambda_is_flat(one_thread):
+    """1/(ηλ) = 200 steps, 1000 steps run, the second half averaged. η×2, λ÷2: the same
+    angle (ηλ unchanged), ‖w‖ twice as large (√(η/λ)×2), as Kosson et al. predict."""
+    base = _toy_adamw_run(0.01, 0.5, 0.9)
+    moved = _toy_adamw_run(0.02, 0.25, 0.9)
+    predicted = theory.adamw_equilibrium_angular_update(0.01, 0.5, 0.9)
+    assert _late_mean(base["angle"]["fc"]) == pytest.approx(predicted, rel=0.05)
+    assert _late_mean(moved["angle"]["fc"]) == pytest.approx(predicted, rel=0.05)
+    assert _late_mean(base["norm"]["fc"]) == pytest.approx(
+        theory.adamw_equilibrium_norm(0.01, 0.5, 640), rel=0.10)
+    ratio = _late_mean(moved["norm"]["fc"]) / _late_mean(base["norm"]["fc"])
+    assert ratio == pytest.approx(2.0, rel=0.05)
+    # and SGD's formula with ρ=β₁ would be off by 1/√(1−β₁) = 3.2×
+    assert _late_mean(base["angle"]["fc"]) < 0.5 * theory.equilibrium_angular_update(0.01, 0.5,
+                                                                                     0.9)
+
+
 # ------------------------------------------------------------------------ equilibrium_status
 
 

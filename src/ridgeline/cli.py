@@ -20,6 +20,7 @@ from concurrent.futures import BrokenExecutor
 from pathlib import Path
 
 from ridgeline.errors import RidgelineError
+from ridgeline.hparams import OPTIMIZERS
 from ridgeline.presets import PRESETS, SYMBOLS, get_preset
 
 SEED_MAX = 2**31 - 1  # the seeds a study can record (ledger.DISTRIBUTIONS)
@@ -159,6 +160,12 @@ def add_hparam_flags(p: argparse.ArgumentParser) -> None:
                    help=f"{SYMBOLS['batch_size']}: images per step")
     p.add_argument("--epochs", type=integer)
     p.add_argument("--warmup-epochs", type=number)
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="sgd (Page's Nesterov SGD, coupled decay) or adamw (torch AdamW: "
+                        "decoupled decay, w ← w·(1 − lr·weight_decay) per step; --momentum "
+                        "unused); default: the preset's")
+    p.add_argument("--beta1", type=number, help="β₁: AdamW's first-moment decay (its momentum)")
+    p.add_argument("--beta2", type=number, help="β₂: AdamW's second-moment decay")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -194,7 +201,8 @@ def check_executor(args: argparse.Namespace) -> None:
 def hparams_from_args(args: argparse.Namespace):
     preset = get_preset(args.preset)
     overrides = {k: getattr(args, k) for k in
-                 ("lr", "momentum", "weight_decay", "batch_size", "epochs", "warmup_epochs")
+                 ("lr", "momentum", "weight_decay", "batch_size", "epochs", "warmup_epochs",
+                  "optimizer", "beta1", "beta2")
                  if getattr(args, k, None) is not None}
     if "epochs" in overrides and "warmup_epochs" not in overrides:
         # Keep the preset's warm-up fraction when only the run length changes.
@@ -249,8 +257,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         write_or_fallback("--out", args.out, lambda p: write_text(p, result.to_json(indent=2)),
                           problems)
     if result.diverged:
+        moment = (f"beta1={hp.beta1:g}, beta2={hp.beta2:g}" if hp.optimizer == "adamw"
+                  else f"momentum={hp.momentum:g}")
         print(f"diverged: non-finite loss in epoch {len(result.epochs)} "
-              f"(lr={hp.lr:g}, momentum={hp.momentum:g}, weight_decay={hp.weight_decay:g})")
+              f"({hp.optimizer}: lr={hp.lr:g}, {moment}, weight_decay={hp.weight_decay:g})")
     else:
         print(f"test accuracy {result.test_acc:.2%} | final train loss {result.train_loss:.4f} "
               f"| {result.wall_time:.1f} s | {result.images_per_sec:.0f} img/s "
@@ -272,7 +282,11 @@ def check_diagnose(args: argparse.Namespace) -> None:
     need(args, "every", *AT_LEAST_1)
     need(args, "tol", *POSITIVE)
     if not args.from_json:
-        hparams_from_args(args)
+        _, hp = hparams_from_args(args)
+        if hp.optimizer == "adamw":
+            raise RidgelineError("diagnose compares with SGD's equilibrium only: --optimizer "
+                                 "adamw is not supported yet (its prediction is "
+                                 "theory.adamw_equilibrium_angular_update; docs/adamw.md)")
         need(args, "seed", *SEED)
         if args.out:
             check_writable("--out", args.out)
@@ -409,6 +423,10 @@ def start_of(args: argparse.Namespace):
     if args.coords and args.invariant:
         raise RidgelineError("--coords and --invariant exclude each other: give one")
     preset, hp = hparams_from_args(args)
+    if hp.optimizer == "adamw":
+        raise RidgelineError("tune runs Page's SGD coordinates (λα/(1−ρ), 1−ρ, α): --optimizer "
+                             "adamw is not supported yet; use FlatDirectionSampler("
+                             "invariants='adamw') (docs/adamw.md)")
     start = tune.start_point(hp, args.start, **{k: getattr(args, k) for k in TUNED
                                                  if getattr(args, k) is not None})
     system = tune.coordinate_system(args.coords or "paper", args.invariant or ())
@@ -449,26 +467,46 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- transfer
 
+TRANSFERRED = {"sgd": ("lr", "momentum", "weight_decay", "batch_size"),
+               "adamw": ("lr", "weight_decay", "batch_size", "beta1")}
+
+
 def check_transfer(args: argparse.Namespace) -> None:
-    get_preset(args.preset)
-    parse_setting(args.setting)
+    optimizer = optimizer_of(args)
+    parse_setting(args.setting, optimizer)
+    names = TRANSFERRED[optimizer]
+    unused = [k for k in ("momentum", "beta1") if getattr(args, k) is not None and k not in names]
+    if unused:
+        raise RidgelineError(f"--{unused[0]} is not a parameter of {optimizer}: with "
+                             f"--optimizer {optimizer} change one of "
+                             f"{', '.join('--' + n.replace('_', '-') for n in names)}")
     if not changes_of(args):
-        raise RidgelineError("nothing to transfer: give the new value of one or more of --lr, "
-                             "--momentum, --weight-decay, --batch-size")
+        raise RidgelineError(f"nothing to transfer: give the new value of one or more of "
+                             f"{', '.join('--' + n.replace('_', '-') for n in names)}")
+
+
+def optimizer_of(args: argparse.Namespace) -> str:
+    """``--optimizer``, else the preset's."""
+    return args.optimizer or get_preset(args.preset).hparams.optimizer
 
 
 def changes_of(args: argparse.Namespace) -> dict[str, float]:
-    return {k: float(getattr(args, k)) for k in ("lr", "momentum", "weight_decay", "batch_size")
+    return {k: float(getattr(args, k)) for k in TRANSFERRED[optimizer_of(args)]
             if getattr(args, k) is not None}
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
     from ridgeline.tuner import transfer
 
-    point = {**get_preset(args.preset).hparams.to_dict(), **parse_setting(args.setting)}
+    optimizer = optimizer_of(args)
+    hp = get_preset(args.preset).hparams
+    point = {**{k: v for k, v in asdict(hp).items() if k in TRANSFERRED[optimizer]},
+             **parse_setting(args.setting, optimizer)}
     change = changes_of(args)
     try:
-        lines = transfer.describe_transfer(point, change, args.keep)
+        lines = transfer.describe_transfer(point, change, args.keep, optimizer=optimizer)
     except OverflowError:
         moved = ", ".join(f"{k}={v!r}" for k, v in change.items())
         old = " ".join(f"{k}={point[k]:g}" for k in change)
@@ -483,6 +521,7 @@ def check_reproduce(args: argparse.Namespace) -> None:
     from ridgeline.reproduce import plan as planning
 
     preset = get_preset(args.preset)
+    planning.require_sgd(preset.name)
     if not args.report_only:
         planning.parse_budget(args.budget)
     check_executor(args)
@@ -530,19 +569,21 @@ def reproduce_command(args: argparse.Namespace, out: str) -> str:
     return shlex.join(words)
 
 
-def parse_setting(items: list[str] | None) -> dict[str, float]:
-    """``["lr=0.4", "weight-decay=5e-4"]`` → ``{"lr": 0.4, "weight_decay": 0.0005}``."""
+def parse_setting(items: list[str] | None, optimizer: str = "sgd") -> dict[str, float]:
+    """``["lr=0.4", "weight-decay=5e-4"]`` → ``{"lr": 0.4, "weight_decay": 0.0005}``; the
+    names are those ``transfer`` moves for ``optimizer``."""
+    names = TRANSFERRED[optimizer]
     out = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         try:
-            if not sep or key not in ("lr", "momentum", "weight_decay", "batch_size"):
+            if not sep or key not in names:
                 raise ValueError
             out[key] = float(value)
         except ValueError:
-            raise RidgelineError(f"--from {item!r}: use NAME=VALUE with NAME one of lr, "
-                                 f"momentum, weight_decay, batch_size") from None
+            raise RidgelineError(f"--from {item!r}: use NAME=VALUE with NAME one of "
+                                 f"{', '.join(names)}") from None
     return out
 
 
@@ -673,10 +714,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name in (("--lr", "lr"), ("--momentum", "momentum"),
                        ("--weight-decay", "weight_decay"), ("--batch-size", "batch_size")):
         p.add_argument(flag, type=number, help=f"new {SYMBOLS[name]}")
+    p.add_argument("--beta1", type=number, help="new β₁ (adamw only)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="whose flat directions to keep (default: the preset's): sgd (Page's) "
+                        "or adamw (ηλ, theory only so far: docs/adamw.md)")
     p.add_argument("--keep", action="append", metavar="EXPR",
-                   help="an invariant to hold, e.g. lr/batch_size (repeatable; default: "
-                        "lr*weight_decay/((1-momentum)*batch_size), which keeps the paper's "
-                        "ridge of whatever changes)")
+                   help="an invariant to hold, e.g. lr/batch_size (repeatable; default for "
+                        "sgd: lr*weight_decay/((1-momentum)*batch_size), which keeps the "
+                        "paper's ridge of whatever changes; for adamw: lr*weight_decay)")
     p.set_defaults(func=cmd_transfer, check=check_transfer)
 
     p = sub.add_parser(

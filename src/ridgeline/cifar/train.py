@@ -218,13 +218,30 @@ def resolve_precision(precision: str, dev: torch.device) -> torch.dtype | None:
     return table[precision]
 
 
-def make_optimizer(model: torch.nn.Module, hp: HParams, groups=None) -> torch.optim.SGD:
-    """SGD with Nesterov momentum ρ and coupled weight decay α on every parameter, as Page.
+def make_optimizer(model: torch.nn.Module, hp: HParams, groups=None) -> torch.optim.Optimizer:
+    """The optimiser of ``hp.optimizer``, built with lr 0 (the loop sets each step's lr).
 
-    ``groups`` (optional SGD parameter groups) may override weight_decay per group and carry an
+    - ``"sgd"`` (default): SGD with Nesterov momentum ρ and coupled weight decay α on every
+      parameter, as Page.
+    - ``"adamw"``: ``torch.optim.AdamW`` with betas (β₁, β₂) and *decoupled* weight decay λ
+      (``hp.weight_decay``) on every parameter, in torch's convention: each step first
+      multiplies w by (1 − ηₜλ), ηₜ the step's scheduled lr, then takes Adam's step; the
+      per-step decay is ηλ, which is why ηλ is AdamW's flat direction (science.theory).
+      ``hp.momentum`` is not used: β₁ is AdamW's momentum. eps is torch's default, 1e-8.
+
+    ``groups`` (optional parameter groups) may override weight_decay per group and carry an
     ``lr_scale`` that multiplies the schedule, e.g. for the scale-symmetry experiment.
     """
     params = list(model.parameters()) if groups is None else groups
+    if hp.optimizer == "adamw":
+        kw = {"lr": 0.0, "betas": (hp.beta1, hp.beta2), "weight_decay": hp.weight_decay}
+        try:
+            # Trick "fused AdamW", as for SGD: one kernel per parameter; 3.6 → 1.0 ms a step
+            # on cpu-mini's net (2-core EPYC under load, best of 5×100 steps). Not bit-identical
+            # to torch's default (foreach) loop, but equal to rounding (tests/test_adamw.py).
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+            return torch.optim.AdamW(params, **kw)
     kw = {"lr": 0.0, "momentum": hp.momentum, "nesterov": hp.momentum > 0,
           "weight_decay": hp.weight_decay}
     try:

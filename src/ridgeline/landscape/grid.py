@@ -127,6 +127,9 @@ def make_grid(axes: tuple[str, str] | str, preset: str = "cpu-mini", base: HPara
         raise RidgelineError(f"axes {axes!r} are not allowed: pick two different of {AXES}")
     p = get_preset(preset)
     base = base or p.hparams
+    if base.optimizer == "adamw" and "momentum" in axes:
+        raise RidgelineError("axis momentum is not used by optimizer 'adamw' (β₁ is its "
+                             "momentum): sweep two of lr, batch_size, weight_decay")
     steps, spans = _per_axis(steps, "steps"), _per_axis(span, "span")
     if not (isinstance(seeds, int) and seeds >= 1):
         raise RidgelineError(f"seeds={seeds!r} is not allowed: it must be an int >= 1")

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from ridgeline.errors import RidgelineError
 from ridgeline.landscape.grid import SLICES, GridSpec, make_grid
-from ridgeline.presets import get_preset
+from ridgeline.presets import PRESETS, get_preset
 from ridgeline.runs import ledger
 from ridgeline.science import experiments
 from ridgeline.versions import versions
@@ -168,8 +168,19 @@ class Plan:
                       "diagnostics": tuple(d["diagnostics"])})
 
 
+def require_sgd(preset: str) -> None:
+    """The reproduction is Page's SGD experiments (its lr-momentum slice, its tuner): a known
+    preset that trains with another optimiser is a one-line error."""
+    p = PRESETS.get(preset)
+    if p is not None and p.hparams.optimizer != "sgd":
+        raise RidgelineError(f"reproduce runs Page's SGD experiments, but preset {preset!r} "
+                             f"trains with {p.hparams.optimizer}: use an SGD preset (e.g. "
+                             f"cpu-mini); AdamW's are in docs/adamw.md")
+
+
 def ladder(preset: str, budget: str, run_seconds: float, cost_source: str) -> list[Plan]:
     """Every rung, cheapest first."""
+    require_sgd(preset)
     plan = Plan(preset, budget, run_seconds, cost_source)
     rungs = []
     for change in LADDER:

@@ -302,8 +302,13 @@ def set_note(storage, name: str, key: str, value) -> None:
 # ----------------------------------------------------------------------------- encoding
 
 def point_key(hp: HParams, preset: str, seed: int) -> str:
-    """A grid point's identity; 10 significant digits so float noise never splits a point."""
-    parts = [preset] + [f"{k}={v:.10g}" for k, v in hp.to_dict().items()] + [f"seed={seed}"]
+    """A grid point's identity; 10 significant digits so float noise never splits a point.
+
+    Made from ``hp.to_dict()``, which for SGD leaves out the AdamW fields at their defaults,
+    so SGD keys are those of the journals made before AdamW existed; an AdamW key names the
+    optimizer (a string, written as it is) and both betas."""
+    parts = ([preset] + [f"{k}={v}" if isinstance(v, str) else f"{k}={v:.10g}"
+                         for k, v in hp.to_dict().items()] + [f"seed={seed}"])
     return "|".join(parts)
 
 

@@ -11,6 +11,11 @@ ours where marked; they assume the per-step gradients of a scale-invariant layer
 noise, i.e. uncorrelated between steps, which is what makes momentum's bookkeeping simple.
 
 Notation: λ learning rate, ρ momentum, α coupled L2 weight decay (torch SGD ``weight_decay``).
+
+AdamW (issue #18) has formulas of its own, below the SGD ones, in its usual notation: η the
+learning rate, λ the *decoupled* weight decay in torch's convention (w ← w·(1 − ηλ) before
+Adam's step, so the decay per step is ηλ), β₁ the first-moment decay. Its flat direction is
+ηλ, not η: theory only here, not yet measured on ResNet-9 (docs/adamw.md).
 """
 
 from __future__ import annotations
@@ -133,6 +138,57 @@ def scale_symmetry(lr: float, weight_decay: float, r: float) -> tuple[float, flo
     O(ε/Var) relative.
     """
     return lr * r**2, weight_decay / r**2
+
+
+# --------------------------------------------------------------------------------------------
+# AdamW: decoupled weight decay, torch's convention w ← w·(1 − ηλ) − η·m̂/(√v̂ + ε).
+
+
+def adamw_equilibrium_angular_update(lr: float, weight_decay: float, beta1: float = 0.9
+                                     ) -> float:
+    """Angle (radians) between wₜ and wₜ₊₁ per step at equilibrium, for a scale-invariant
+    weight under AdamW: √(2ηλ(1−β₁)/(1+β₁)). It depends on η and λ only through ηλ.
+
+    Source: Kosson, Messmer & Jaggi, "Rotational Equilibrium: How Weight Decay Balances
+    Learning Across Neural Networks", ICML 2024 (arXiv:2305.17212), their AdamW result, with
+    λ in torch's convention (per-step decay ηλ), as in ``torch.optim.AdamW``.
+
+    Why (their argument, in this module's terms): Adam normalises each coordinate, so a
+    gradient's *total* contribution η·g/√v̂ has unit size per coordinate and grows ‖w‖² by
+    ηC per step at random (C = numel), while the decay shrinks it by 2ηλ‖w‖²: ‖w‖² = ηC/(2λ)
+    (``adamw_equilibrium_norm``). One step takes only part of that contribution, the EMA
+    m = β₁m + (1−β₁)g having (1−β₁)²Σβ₁²ᵏ = (1−β₁)/(1+β₁), hence the angle above.
+    Assumes gradients dominated by noise, v̂ tracking E[g²] and ε negligible; like SGD's, it
+    is quasi-static: it lags when ηₜ changes faster than 1/(ηλ) (warm-up, the end of decay).
+    """
+    return math.sqrt(2 * lr * weight_decay * (1 - beta1) / (1 + beta1))
+
+
+def adamw_equilibrium_norm(lr: float, weight_decay: float, numel: int) -> float:
+    """‖w‖ at AdamW's equilibrium: √(ηC/(2λ)), C the weight's number of elements; so ‖w‖
+    scales as √(η/λ) and, unlike the angle, is not a function of ηλ.
+
+    Source: Kosson et al. 2024 (arXiv:2305.17212), AdamW's equilibrium norm; the balance of
+    growth ηC and decay 2ηλ‖w‖² per step (see ``adamw_equilibrium_angular_update``).
+    """
+    if weight_decay == 0:
+        return math.inf
+    return math.sqrt(lr * numel / (2 * weight_decay))
+
+
+def adamw_ema_timescale(lr: float, weight_decay: float,
+                        steps_per_epoch: float | None = None) -> float:
+    """AdamW's EMA time scale 1/(ηλ) in steps (in epochs with ``steps_per_epoch``: τ_epoch =
+    1/(ηλM)): AdamW's weights are an exponential moving average of recent updates with this
+    time scale, which is what transfers across model and data size.
+
+    Source: Wang & Aitchison, "How to set AdamW's weight decay as you scale model and dataset
+    size", ICML 2025 (arXiv:2405.13698): τ_iter = 1/(ηλ), τ_epoch = τ_iter/M, with the optimal
+    τ_epoch roughly constant and between about one epoch and the whole run. It is also, to a
+    constant, the time AdamW takes to reach the equilibrium above (Kosson et al. 2024).
+    """
+    tau = 1 / (lr * weight_decay) if lr * weight_decay > 0 else math.inf
+    return tau if steps_per_epoch is None else tau / steps_per_epoch
 
 
 # --------------------------------------------------------------------------------------------

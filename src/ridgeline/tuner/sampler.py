@@ -57,6 +57,7 @@ Parameters that ``start`` does not name go to ``independent_sampler`` (TPE by de
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import math
 import threading
@@ -69,15 +70,24 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from ridgeline.errors import TuneError
+from ridgeline.errors import TuneError, first_line
 from ridgeline.tuner.descent import TuneResult, _Search
 from ridgeline.tuner.invariants import CoordinateSystem
-from ridgeline.tuner.monomials import Space
+from ridgeline.tuner.monomials import InvariantError, Space
 from ridgeline.tuner.settings import DEFAULT, LINE_SEARCHES, RECHECKS
 
 __all__ = ["DIVERGED_ATTR", "FlatDirectionSampler", "STOPPED_ATTR"]
 
 DEFAULT_INVARIANTS = ("lr*weight_decay/(1-momentum)",)
+# Named invariant sets, ``invariants="adamw"``: (monomials, parameters entering as 1-x).
+# "adamw": AdamW's flat direction ηλ (science.theory.adamw_equilibrium_angular_update, Kosson
+# et al. 2024; the EMA time scale 1/(ηλ), Wang & Aitchison 2025), so with start over
+# (lr, weight_decay[, beta1]) the coordinates are ηλ, λ and, if tuned, 1−β₁ (λ and β₁ free,
+# lr derived). Theory only: the ridge is not measured yet (docs/adamw.md).
+INVARIANT_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sgd": (DEFAULT_INVARIANTS, ("momentum",)),
+    "adamw": (("lr*weight_decay",), ("beta1",)),
+}
 FAILURE_ATTR = "failure"  # trial user attr (ridgeline.runs.ledger's): why it failed, not a NaN
 DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials that diverged
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
@@ -90,9 +100,12 @@ class FlatDirectionSampler(BaseSampler):
 
     ``start`` names the tuned parameters and the first point; ``complement`` those that enter
     as ``1-x`` (in [0, 1), stepped in log(1−x)); ``invariants`` are monomials held fixed by
-    every move along another coordinate. ``min_improvement`` (a step must beat the best by
-    more than this) and ``line_search`` are the search's (``tuner.descent``); ``max_level``,
-    ``recheck`` and ``wide`` say how it refines instead of stopping (module docstring);
+    every move along another coordinate, one monomial as a string, or the name of a set in
+    ``INVARIANT_SETS`` ("sgd": the default; "adamw": ηλ, with ``beta1`` complemented), which
+    also adds that set's complemented names to ``complement``. ``min_improvement`` (a step
+    must beat the best by more than this) and ``line_search`` are the search's
+    (``tuner.descent``); ``max_level``, ``recheck`` and ``wide`` say how it refines instead
+    of stopping (module docstring);
     ``replicates`` is the starting level (each compared point the mean of that many seeds);
     ``order`` the coordinates' order (default: invariants, then free ones); ``max_evals``
     caps the evaluations the search asks for (None: only ``n_trials`` does). ``seed`` seeds
@@ -103,7 +116,7 @@ class FlatDirectionSampler(BaseSampler):
         self,
         *,
         start: Mapping[str, float],
-        invariants: Sequence[str] = DEFAULT_INVARIANTS,
+        invariants: Sequence[str] | str = DEFAULT_INVARIANTS,
         complement: Sequence[str] = ("momentum",),
         min_improvement: float = DEFAULT.min_improvement,
         line_search: str = DEFAULT.line_search,
@@ -117,6 +130,7 @@ class FlatDirectionSampler(BaseSampler):
         independent_sampler: BaseSampler | None = None,
         seed: int | None = None,
     ) -> None:
+        invariants, complement = _resolve_invariants(invariants, complement, start)
         space = Space(tuple(start), complement=[n for n in complement if n in start])
         self._system = CoordinateSystem(space, invariants)
         self._system.to_coords(start)  # a start outside the space's domain fails here
@@ -398,3 +412,31 @@ def _stop(study: optuna.Study, why: str) -> None:
         study.set_user_attr(STOPPED_ATTR, why)
     with contextlib.suppress(RuntimeError):  # ask/tell use, not inside optimize
         study.stop()
+
+
+def _resolve_invariants(invariants: Sequence[str] | str, complement: Sequence[str],
+                        start: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``invariants`` as monomials and ``complement`` with a named set's names added: a name
+    in INVARIANT_SETS, one monomial as a string, or a sequence of monomials as given."""
+    if not isinstance(invariants, str):
+        return tuple(invariants), tuple(complement)
+    if invariants in INVARIANT_SETS:
+        monomials, extra = INVARIANT_SETS[invariants]
+        missing = sorted({n for m in monomials for n in _names(m)} - set(start))
+        if missing:
+            raise TuneError(f"invariants={invariants!r} holds {', '.join(monomials)}: start "
+                            f"must name {', '.join(missing)} too")
+        return monomials, (*complement, *(n for n in extra if n not in complement))
+    space = Space(tuple(start), complement=[n for n in complement if n in start])
+    try:
+        space.parse(invariants)
+    except InvariantError as e:
+        raise TuneError(f"invariants={invariants!r} is neither a named set (one of "
+                        f"{', '.join(INVARIANT_SETS)}) nor a monomial over the start's "
+                        f"{', '.join(start)}: {first_line(e)}") from None
+    return (invariants,), tuple(complement)
+
+
+def _names(expr: str) -> set[str]:
+    """The hyperparameter names in a monomial (of a named set: known to parse)."""
+    return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}

@@ -13,9 +13,13 @@ from collections.abc import Mapping, Sequence
 from ridgeline.tuner.invariants import CoordinateSystem
 from ridgeline.tuner.monomials import InvariantError, Space, rank
 
-__all__ = ["DEFAULT_KEEP", "PAPER_SPACE", "describe_transfer", "keepable", "transfer"]
+__all__ = ["ADAMW_KEEP", "ADAMW_SPACE", "DEFAULT_KEEP", "OPTIMIZERS", "PAPER_SPACE",
+           "describe_transfer", "keepable", "transfer"]
 
 PAPER_SPACE = Space(("lr", "momentum", "weight_decay", "batch_size"), complement=("momentum",))
+# AdamW (issue #18): ρ is not a parameter; β₁ enters as 1−β₁ like momentum. lr comes first,
+# so it is the one re-derived when weight_decay changes (and weight_decay when lr changes).
+ADAMW_SPACE = Space(("lr", "weight_decay", "batch_size", "beta1"), complement=("beta1",))
 
 
 def transfer(
@@ -80,6 +84,17 @@ def _fmt(x: float) -> str:
 # Keeping all three ridges' invariants at once would instead move off them (docs/tuner.md).
 DEFAULT_KEEP = ("lr*weight_decay/((1-momentum)*batch_size)",)
 RIDGES = ("lr/batch_size", "lr/(1-momentum)", "lr*weight_decay")
+# AdamW's flat direction in theory: ηλ, the EMA time scale 1/(ηλ) in steps (Wang & Aitchison,
+# ICML 2025) and the equilibrium angle √(2ηλ(1−β₁)/(1+β₁)) (Kosson et al., ICML 2024). Not
+# measured yet (docs/adamw.md). A batch-size change keeps ηλ, so the time scale in *epochs*
+# moves ∝ 1/N; --keep 'lr*weight_decay/batch_size' keeps it in epochs instead (our reading of
+# Wang & Aitchison's constant τ_epoch), and neither is Adam's √N lr rule.
+ADAMW_KEEP = ("lr*weight_decay",)
+# optimizer → (space, default keep, ridges reported as "also unchanged", their name)
+OPTIMIZERS = {
+    "sgd": (PAPER_SPACE, DEFAULT_KEEP, RIDGES, "the paper's ridges"),
+    "adamw": (ADAMW_SPACE, ADAMW_KEEP, ADAMW_KEEP, "AdamW's flat direction"),
+}
 
 
 def keepable(
@@ -98,25 +113,32 @@ def keepable(
 
 def describe_transfer(
     point: Mapping[str, float], change: Mapping[str, float], keep: Sequence[str] | None = None,
-    space: Space = PAPER_SPACE,
+    space: Space | None = None, optimizer: str = "sgd",
 ) -> list[str]:
     """`ridgeline transfer`'s answer: the old and new settings, the kept invariants, one
     reason per changed value, and which default invariants could not be kept and why.
 
-    ``keep=None`` keeps every one of DEFAULT_KEEP that the change leaves room for.
+    ``optimizer`` picks the space, the default invariants and the ridges reported from
+    OPTIMIZERS (sgd: Page's; adamw: ηλ); ``space`` overrides its space. ``keep=None`` keeps
+    every one of the optimizer's default invariants that the change leaves room for.
     """
+    if optimizer not in OPTIMIZERS:
+        raise InvariantError(f"optimizer {optimizer!r} is not allowed: it must be one of "
+                             f"{', '.join(OPTIMIZERS)}")
+    own_space, default_keep, ridges, ridges_name = OPTIMIZERS[optimizer]
+    space = space or own_space
     dropped: list[str] = []
     if keep is None:
-        keep, dropped = keepable(change, DEFAULT_KEEP, space)
+        keep, dropped = keepable(change, default_keep, space)
     new, reasons = transfer(point, change, keep, space)
     lines = [f"from  {_setting(space, point)}", f"keep  {', '.join(keep) or 'nothing'}",
              f"to    {_setting(space, new)}", *(f"  {r}" for r in reasons)]
     old_logs, new_logs = space.base_logs(point), space.base_logs(new)
-    same = [f"{m.expr} = {math.exp(m.log_value(old_logs)):.2e}" for m in map(space.parse, RIDGES)
+    same = [f"{m.expr} = {math.exp(m.log_value(old_logs)):.2e}" for m in map(space.parse, ridges)
             if m.expr not in keep
             and math.isclose(m.log_value(old_logs), m.log_value(new_logs), abs_tol=1e-12)]
     if same:
-        lines.append(f"also unchanged (the paper's ridges): {', '.join(same)}")
+        lines.append(f"also unchanged ({ridges_name}): {', '.join(same)}")
     if dropped:
         lines.append(f"not kept: {', '.join(dropped)} (the changed values alone fix it)")
     if "batch_size" in new and not math.isclose(new["batch_size"], round(new["batch_size"])):
