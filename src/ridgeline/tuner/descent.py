@@ -21,10 +21,10 @@ or ÷2) whose point leaves the box only through a parameter the move does not ai
 from u, 1−ρ and α) *slides*: the other free coordinates shift, by the fewest doublings, until
 the point is inside, with the moved coordinate and every invariant kept (``place``). So λ's range
 never blocks a move of u, which α or 1−ρ can make instead. Longer steps (the accelerating
-search's ×4, ×16, …) and probes stay inside the box, where the bracket closes at no cost: sliding
-them too cost 1–3 runs to target in docs/tuner.md's benchmark. A momentum-like parameter at exactly 0 (1−ρ = 1, plain
-SGD: the end of its domain, which no further step can bracket) is outside the box unless the
-start is there.
+search's ×4, ×16, …) and probes stay inside the box, where the bracket closes at no cost:
+sliding them too cost 1–3 runs to target in docs/tuner.md's benchmark. A momentum-like parameter
+at exactly 0 (1−ρ = 1, plain SGD: the end of its domain, which no further step can bracket) is
+outside the box unless the start is there.
 """
 
 from __future__ import annotations
@@ -279,9 +279,9 @@ class _Search:
             if self.in_bounds(self.params(key)):
                 if key not in self.runs or self.runs[key].value > best + self.threshold:
                     return False
-            elif (slid := self.place(key, c)) in self.runs:  # a slid neighbour is not
-                if self.runs[slid].value > best + self.threshold:  # required, but counts
-                    return False
+            elif ((slid := self.place(key, c)) in self.runs  # a slid neighbour is not
+                  and self.runs[slid].value > best + self.threshold):  # required, but counts
+                return False
         return True
 
     def try_step(self, c: int, k: int) -> bool:
