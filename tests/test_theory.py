@@ -122,6 +122,12 @@ def _toy_run(lr, wd, rho, nesterov, steps=300, every=2, seed=0):
     hp = HParams(lr=lr, momentum=rho, weight_decay=wd, batch_size=32, epochs=1, warmup_epochs=0)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=rho, nesterov=nesterov,
                           weight_decay=wd)
+    return _measure(model, opt, hp, lr, steps, every, seed)
+
+
+def _measure(model, opt, hp, lr, steps, every, seed):
+    """Train the toy on random batches, with WeightNormHook measuring its scale-invariant
+    layer."""
     hook = WeightNormHook(every=every, select=lambda m: [("fc", m[0].weight)])
     hook.on_train_start(model, opt, hp, steps)
     g = torch.Generator().manual_seed(seed + 1)
@@ -216,17 +222,7 @@ def _toy_adamw_run(lr, wd, beta1, steps=1000, every=2, seed=0):
                  optimizer="adamw", beta1=beta1, beta2=0.99)
     opt = make_optimizer(model, hp)
     opt.param_groups[0]["lr"] = lr
-    hook = WeightNormHook(every=every, select=lambda m: [("fc", m[0].weight)])
-    hook.on_train_start(model, opt, hp, steps)
-    g = torch.Generator().manual_seed(seed + 1)
-    for s in range(steps):
-        x, y = torch.randn(32, 64, generator=g), torch.randint(0, 10, (32,), generator=g)
-        hook.before_step(s, model, lr)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad()
-        hook.after_step(s, model, lr)
-    return hook.result()
+    return _measure(model, opt, hp, lr, steps, every, seed)
 
 
 def test_toy_reaches_adamws_predicted_equilibrium_and_eta_lambda_is_flat(one_thread):
