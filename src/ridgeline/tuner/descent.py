@@ -114,7 +114,7 @@ class _Search:
         self.origin = system.to_coords(start)
         self.order = [system.names.index(_known(system, c)) for c in (order or system.names)]
         self.max_evals, self.threshold = max_evals, min_improvement
-        self.bounds = _check_bounds(system, bounds or {})
+        self.bounds = box(system, bounds or {})
         # Plain SGD (a momentum-like parameter at 0) is the domain's end: out, unless started at.
         self.no_zero = [n for n in system.space.complement if self.start.get(n) != 0]
         self.history: list[Run] = []
@@ -359,7 +359,7 @@ def _known(system: CoordinateSystem, name: str) -> str:
     return name
 
 
-def _check_bounds(system: CoordinateSystem, bounds: Mapping) -> dict[str, tuple[float, float]]:
+def box(system: CoordinateSystem, bounds: Mapping) -> dict[str, tuple[float, float]]:
     """User bounds intersected with the range Optuna stores (momentum-like: [0, 1 − 1e-9])."""
     space = system.space
     unknown = [n for n in bounds if n not in space.names]

@@ -30,7 +30,7 @@ from ridgeline.runs.objectives import (
     resolve_objective,
 )
 from ridgeline.runs.pruning import EPOCHS_ATTR, PruningHook, record_epochs, study_epochs
-from ridgeline.tuner.descent import COMPLEMENT_MAX, LOG_RANGE, Run, TuneResult
+from ridgeline.tuner.descent import Run, TuneResult, box
 from ridgeline.tuner.invariants import SGD_SPACE, CoordinateSystem, paper_system, raw_system
 from ridgeline.tuner.sampler import FlatDirectionSampler
 from ridgeline.tuner.settings import DEFAULT, LINE_SEARCHES, PAPER, TunerSettings
@@ -140,7 +140,8 @@ def tune(
     It may instead return a RunResult (or its dict): its test accuracy is the score and its
     fields become the trial's user attrs (``ledger.result_to_attrs``), so `ridgeline plot`,
     ``ledger.trial_to_result`` and optuna-dashboard read tuner trials like sweep trials. An
-    objective that takes a third argument gets the ``optuna.Trial`` (for ``trial.report``).
+    objective whose attribute ``takes_trial`` is true is called in this process with the
+    ``optuna.Trial`` as a third argument (for ``trial.report``; ``PresetObjective``).
     A raise ends the tune (the trial FAILs, recorded with why); running it again resumes.
 
     ``settings`` (``PAPER``, Page's search, by default; ``DEFAULT`` is the sampler's)
@@ -226,22 +227,17 @@ def _invariants(system: CoordinateSystem) -> tuple[str, ...]:
 
 
 def _distributions(system, bounds: Mapping, tuned: Mapping) -> dict:
-    """What the objective suggests: each tuned name over its bounds (log-scaled, or linear
-    in [0, 1) for momentum-like names), so the sampler's box is the bounds."""
-    unknown = [n for n in bounds if n not in system.space.names]
-    if unknown:
-        raise TuneError(f"bounds name {unknown}, which are not tuned; tuned: "
-                        f"{list(system.space.names)}")
+    """What the objective suggests: each tuned name over its bounds (``descent.box``:
+    log-scaled, or linear in [0, 1) for momentum-like names), so the sampler's box is the
+    bounds."""
     out = {}
-    for name in tuned:
-        complement = name in system.space.complement
-        lo, hi = (0.0, COMPLEMENT_MAX) if complement else LOG_RANGE
-        user_lo, user_hi = bounds.get(name, (None, None))
-        lo, hi = max(lo, user_lo if user_lo is not None else lo), min(
-            hi, user_hi if user_hi is not None else hi)
+    for name, (lo, hi) in box(system, bounds).items():
+        if name not in tuned:
+            continue
         if not lo <= tuned[name] <= hi:
             raise TuneError(f"the start point {dict(tuned)} is outside the bounds "
                             f"{name} in [{lo:g}, {hi:g}]")
+        complement = name in system.space.complement
         out[name] = optuna.distributions.FloatDistribution(lo, hi, log=not complement)
     return out
 
@@ -287,7 +283,7 @@ class _TrialObjective:
         self.objective, self.fixed, self.dists, self.seed = objective, fixed, dists, seed
         self.executor, self.calls = executor, 0
         self.lock = threading.Lock()
-        self.takes_trial = _takes_trial(objective)
+        self.takes_trial = bool(getattr(objective, "takes_trial", False))
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = {n: trial.suggest_float(n, d.low, d.high, log=d.log)
@@ -321,13 +317,9 @@ class _TrialObjective:
         return self.executor.submit(self.objective, point, seed).result()
 
 
-def _takes_trial(objective) -> bool:
-    return bool(getattr(objective, "takes_trial", False))
-
-
 def _score(out) -> tuple[float | None, dict]:
     """(score or None when diverged, user attrs) of an objective's return value."""
-    if isinstance(out, (dict,)) or hasattr(out, "test_acc"):
+    if isinstance(out, dict) or hasattr(out, "test_acc"):
         attrs = ledger.result_to_attrs(out)
         value = ledger.result_value(out)
     else:
@@ -401,10 +393,11 @@ def tune_preset(
         in_process = pool is None or isinstance(ex, executors.InProcess)
         run_one.takes_trial = prune and in_process and isinstance(run_one.objective,
                                                                  TrainObjective)
-        ledger.warn_thread_mismatch(ledger.open_study(name, storage),
+        opened = ledger.open_storage(storage)  # once, for the check and the tune
+        ledger.warn_thread_mismatch(ledger.open_study(name, opened),
                                     planned_threads(objective, ex))
         try:
-            result = tune(run_one, hp.to_dict(), system, storage=ledger.open_storage(storage),
+            result = tune(run_one, hp.to_dict(), system, storage=opened,
                           study_name=name, max_evals=max_evals, replicates=replicates,
                           seed=seed, workers=ex.workers if pool else 1,
                           executor=None if in_process else pool, settings=settings,
