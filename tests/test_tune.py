@@ -1,5 +1,6 @@
 import math
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +13,8 @@ from optuna.trial import TrialState
 from ridgeline.runs import ledger as st
 from ridgeline.tuner import report as tuner_report
 from ridgeline.tuner.invariants import paper_system
+from ridgeline.tuner.sampler import SPECULATION_PER_WORKER
+from ridgeline.tuner.settings import DEFAULT
 from ridgeline.tuner.tune import TuneError, tune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -231,6 +234,25 @@ def test_parallel_equals_sequential(replicates):
     assert parallel.n_calls == len(trials) == (replicates * parallel.n_runs
                                                + parallel.n_speculative)
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_one_slow_worker_neither_changes_the_result_nor_lets_the_other_run_ahead():
+    """CI failure: the first run of the ×2 step took seconds (a worker process starting on
+    a busy host) while the other worker ran its whole losing branch, and the trial cap
+    ended the tune after 4 of its 8 runs. Speculation is now bounded (2 per running trial)."""
+    slow_lr = 2 * BAD_START["lr"]
+
+    def skewed(params, seed):
+        if math.isclose(params["lr"], slow_lr) and seed == 0:
+            time.sleep(1.5)  # the other worker is far faster than this, even under load
+        return noisy(params, seed)
+
+    sequential = tune(noisy, BAD_START, max_evals=8, line_search="double",
+                      settings=DEFAULT)
+    parallel = tune(skewed, BAD_START, max_evals=8, line_search="double",
+                    settings=DEFAULT, workers=2)
+    assert parallel.history == sequential.history and parallel.stopped == "max_evals"
+    assert 0 < parallel.n_speculative <= 2 * SPECULATION_PER_WORKER
 
 
 def test_parallel_with_a_caller_executor_and_an_interrupted_resume():

@@ -36,8 +36,11 @@ Trials as the lookup reads them (a trial counts when its params are on the latti
 
 When every point the search may need is running, a new trial gets another seed of the best
 (up to ``max_level``, which the refinement uses); past that it waits, polling the study, until
-a running trial ends. A study whose search is over proposes one more seed of the best and
-stops (``study.optimize`` cannot skip a trial it has already created).
+a running trial ends. Speculation is bounded: while the oldest running trial runs, at most
+two trials per other running trial may finish (``SPECULATION_PER_WORKER``); then a worker
+waits rather than walk the whole branch in which that slow trial loses. A study whose
+search is over proposes one more seed of the best and stops (``study.optimize`` cannot skip
+a trial it has already created).
 
 **Noise.** A cycle of line searches that improves nothing does not end the search: the
 replicate level rises, up to ``max_level``, and the cycle runs again. With ``recheck="best"``
@@ -93,6 +96,7 @@ DIVERGED_ATTR = "ridgeline:diverged"  # study user attr: numbers of FAIL trials 
 STOPPED_ATTR = "ridgeline:stopped"  # study user attr: why the sampler stopped the study
 LATTICE_TOL = 1e-6  # in log2: how close stored params must be to a lattice point
 IDLE_POLL_S = 0.2  # how often a worker with nothing useful to run looks again
+SPECULATION_PER_WORKER = 2  # speculative trials that may finish per other running trial
 
 
 class FlatDirectionSampler(BaseSampler):
@@ -174,7 +178,7 @@ class FlatDirectionSampler(BaseSampler):
         while True:
             with self._lock:
                 self._confirm_diverged(study)
-                proposal, stopped = self._propose(study)
+                proposal, stopped = self._propose(study, number=trial.number)
                 if stopped is not None:
                     _stop(study, stopped)
                 if proposal is not None:
@@ -247,14 +251,19 @@ class FlatDirectionSampler(BaseSampler):
                         and self._key(t.params) is not None)
             return search.result(stopped, n_speculative=extra)
 
-    def _propose(self, study: optuna.Study, finished: Mapping[int, float] | None = None):
-        """(the next proposal, why the search is over or None), from the study's trials."""
+    def _propose(self, study: optuna.Study, finished: Mapping[int, float] | None = None,
+                 number: int | None = None):
+        """(the next proposal, why the search is over or None), from the study's trials;
+        ``number`` is the trial it is for (None: only asking whether the search is over)."""
         lookup = _Lookup(self, study, dict(finished or {}))
         search = _Search(self._system, self._start, bounds=lookup.bounds(), on_run=None,
                          **self._search_args)
         try:
             stopped = search.run(lookup)
         except _Propose as p:
+            speculative = lookup.waiting  # it assumed a running point loses
+            if speculative and not _may_speculate(study, number):
+                return None, None
             return p.proposal, None
         best = search.best
         reeval = _Proposal(search.params(best), lookup.next_replicate(best))
@@ -386,6 +395,20 @@ class _Lookup:
 
     def speculate(self, key, ctx, room: int) -> bool:
         return False
+
+
+def _may_speculate(study: optuna.Study, number: int | None) -> bool:
+    """Bounded speculation: while the oldest running trial runs, at most
+    ``SPECULATION_PER_WORKER`` trials per other running trial may finish after it started.
+    Why: with one slow trial (a process starting, a busy host) the other workers would walk
+    the whole branch in which it loses, and spend runs the search may never use."""
+    trials = study.get_trials(deepcopy=False, states=None)
+    running = [t.number for t in trials if t.state == TrialState.RUNNING and t.number != number]
+    if not running:
+        return True
+    oldest = min(running)
+    since = sum(1 for t in trials if t.number > oldest and t.state.is_finished())
+    return since < SPECULATION_PER_WORKER * len(running)
 
 
 def _read(value: float | None) -> _Value:

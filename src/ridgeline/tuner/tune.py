@@ -171,11 +171,9 @@ def tune(
         counter = _Progress(sampler, fixed, on_run)
         run_trial = _TrialObjective(objective, fixed, dists, seed, executor)
         if not _over(sampler, study):  # a finished tune, run again, runs nothing
-            study.optimize(run_trial, n_trials=2 * max_evals + workers, n_jobs=workers,
+            study.optimize(run_trial, n_trials=None, n_jobs=workers,  # the sampler stops it
                            callbacks=[counter])
     result = _with_fixed(sampler.result(study), fixed)
-    if result.stopped == "unfinished":  # the trial cap, before the search's own stop
-        result.stopped = "max_evals"
     result.n_calls = run_trial.calls
     result.n_replayed = sum(1 for r in result.history for n in r.trials if n in before)
     result.study, result.epochs = study, study_epochs(study)
