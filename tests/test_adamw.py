@@ -237,7 +237,6 @@ def test_train_flags_set_the_optimizer_and_betas():
     (["train", "--beta2", "-0.5"], "beta2=-0.5 is not allowed: it must be in [0, 1)"),
     (["tune", "--preset", "cpu-mini-adamw"], "--optimizer adamw is not supported yet"),
     (["tune", "--optimizer", "adamw"], "invariants='adamw'"),
-    (["diagnose", "--optimizer", "adamw"], "diagnose compares with SGD's equilibrium only"),
     (["sweep", "--slice", "lr-momentum", "--preset", "cpu-mini-adamw", "--dry-run"],
      "axis momentum is not used by optimizer 'adamw'"),
     (["reproduce", "--preset", "cpu-mini-adamw", "--dry-run"], "reproduce runs Page's SGD"),

@@ -11,7 +11,7 @@ from ridgeline.cifar.model import ResNet9, scale_invariant_convs
 from ridgeline.cifar.train import RunResult, train
 from ridgeline.errors import RidgelineError
 from ridgeline.presets import get_preset
-from ridgeline.science import diagnose
+from ridgeline.science import diagnose, theory
 from ridgeline.science.diagnostics import WeightNormHook, angle_between
 from tests.synthetic import fake_cifar
 
@@ -132,6 +132,24 @@ def test_diagnose_trains_with_the_hook(tmp_path, capsys, monkeypatch):
     assert "test accuracy" in out and "equilibrium angle" in out and png.exists()
     run = RunResult.from_dict(json.loads(out_json.read_text()))
     assert run.extras["weight_norms"]["steps"] == [0, 4]
+
+
+def test_diagnose_an_adamw_run_uses_adamws_prediction(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_data", lambda args: fake_cifar(n_train=256, n_test=50))
+    out_json = tmp_path / "run.json"
+    argv = ["diagnose", "--preset", "tiny", "--optimizer", "adamw", "--lr", "2e-3",
+            "--weight-decay", "0.5", "--beta1", "0.8", "--device", "cpu", "--every", "2",
+            "--quiet", "--out", str(out_json), "--plot", str(tmp_path / "d.png"),
+            "--epochs", "1"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "AdamW: peak η=0.002, decoupled λ=0.5, β₁=0.8" in out
+    assert "EMA time scale 1/(ηλ) at peak η (Wang & Aitchison 2025): 1000 steps" in out
+    diag = RunResult.from_dict(json.loads(out_json.read_text())).extras["weight_norms"]
+    assert (diag["optimizer"], diag["beta1"]) == ("adamw", 0.8)
+    lr = diag["lr"][0]
+    assert diag["lr"][0] > 0 and theory.predicted_angles(diag)[0] == pytest.approx(
+        theory.adamw_equilibrium_angular_update(lr, 0.5, 0.8))
 
 
 def test_diagnose_errors_are_one_line(tmp_path, capsys):

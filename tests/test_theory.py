@@ -240,6 +240,16 @@ def test_toy_reaches_adamws_predicted_equilibrium_and_eta_lambda_is_flat(one_thr
     # and SGD's formula with ρ=β₁ would be off by 1/√(1−β₁) = 3.2×
     assert _late_mean(base["angle"]["fc"]) < 0.5 * theory.equilibrium_angular_update(0.01, 0.5,
                                                                                      0.9)
+    # the hook's record says AdamW, so diagnose's per-phase check uses AdamW's prediction
+    assert (base["optimizer"], base["beta1"]) == ("adamw", 0.9)
+    late = {k: v for k, v in base.items()}
+    late["steps"] = base["steps"][len(base["steps"]) // 2:]
+    late["lr"] = base["lr"][len(base["lr"]) // 2:]
+    late["angle"] = {"fc": base["angle"]["fc"][len(base["steps"]) // 2:]}
+    [status] = theory.equilibrium_status({**late, "warmup_steps": 0}, tol=0.05, n_decay=1)
+    assert status.in_equilibrium and status.median_ratio == pytest.approx(1.0, abs=0.05)
+    assert not theory.equilibrium_status({**late, "warmup_steps": 0, "optimizer": "sgd",
+                                          "momentum": 0.9}, tol=0.05, n_decay=1)[0].in_equilibrium
 
 
 # ------------------------------------------------------------------------ equilibrium_status

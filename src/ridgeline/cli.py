@@ -282,11 +282,7 @@ def check_diagnose(args: argparse.Namespace) -> None:
     need(args, "every", *AT_LEAST_1)
     need(args, "tol", *POSITIVE)
     if not args.from_json:
-        _, hp = hparams_from_args(args)
-        if hp.optimizer == "adamw":
-            raise RidgelineError("diagnose compares with SGD's equilibrium only: --optimizer "
-                                 "adamw is not supported yet (its prediction is "
-                                 "theory.adamw_equilibrium_angular_update; docs/adamw.md)")
+        hparams_from_args(args)  # a bad value fails here, before training
         need(args, "seed", *SEED)
         if args.out:
             check_writable("--out", args.out)

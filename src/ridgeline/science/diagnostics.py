@@ -62,8 +62,11 @@ class WeightNormHook:
         self._snap, self._rows, self._steps, self._lrs = None, [], [], []
         group = _group_of(optimizer, self._weights[0][1]) if self._weights else {}
         self._lr_scale = float(group.get("lr_scale", 1.0))  # param_groups.symmetric_param_groups
+        adamw = "betas" in group  # AdamW: its prediction is theory's AdamW branch
         self._meta = {
-            "momentum": float(group.get("momentum", hparams.momentum)),
+            "optimizer": "adamw" if adamw else "sgd",
+            **({"beta1": float(group["betas"][0])} if adamw else {}),
+            "momentum": float(group.get("momentum", 0.0 if adamw else hparams.momentum)),
             "weight_decay": float(group.get("weight_decay", hparams.weight_decay)),
             "nesterov": bool(group.get("nesterov", False)),
             "peak_lr": float(hparams.lr) * self._lr_scale,

@@ -210,9 +210,13 @@ class PhaseStatus:
 
 
 def predicted_angles(diag: dict, nesterov: bool | None = None) -> np.ndarray:
-    """Quasi-static prediction √(2λₜα·f(ρ)) at each logged step, with λₜ the current lr."""
-    nest = diag.get("nesterov", False) if nesterov is None else nesterov
+    """Quasi-static prediction at each logged step, with λₜ (ηₜ) the current lr: √(2λₜα·f(ρ))
+    for SGD; for an AdamW record (``optimizer`` "adamw") √(2ηₜλ(1−β₁)/(1+β₁))."""
     lrs = np.asarray(diag["lr"], dtype=float)
+    if diag.get("optimizer") == "adamw":
+        beta1 = diag["beta1"]
+        return np.sqrt(2 * lrs * diag["weight_decay"] * (1 - beta1) / (1 + beta1))
+    nest = diag.get("nesterov", False) if nesterov is None else nesterov
     factor = momentum_noise_factor(diag["momentum"], nest)
     return np.sqrt(2 * lrs * diag["weight_decay"] * factor)
 
