@@ -204,6 +204,7 @@ def baseline(name: str):
 
 METHODS = {
     "flat (default): recheck best, levels 8, wide": flat(),
+    "flat, default + raw axes": flat(raw_axes=True),
     "flat, levels 1 (Page's stop)": flat(max_level=1, recheck="all", wide=False),
     "flat, levels 2": flat(max_level=2, recheck="all", wide=False),
     "flat, levels 3": flat(max_level=3, recheck="all", wide=False),

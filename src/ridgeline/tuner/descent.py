@@ -90,6 +90,22 @@ class TuneResult:
         return len(self.history)
 
 
+@dataclass(frozen=True)
+class _Direction:
+    """A line the search moves along: ``vector`` lattice steps per unit step. ``name`` is
+    what a Run records; ``axis`` the coordinate it moves, for sliding (``place``), or None
+    for a raw axis (one raw parameter at the others fixed), which never slides."""
+
+    vector: tuple[int, ...]
+    name: str
+    axis: int | None
+
+    def pos(self, key: tuple[int, ...]) -> int:
+        """Where ``key`` lies along this line (its first moving coordinate, signed)."""
+        i = next(i for i, v in enumerate(self.vector) if v)
+        return key[i] * self.vector[i]
+
+
 class _BudgetSpent(Exception):
     """Raised inside the search when it needs a new point after ``max_evals`` runs."""
 
@@ -101,7 +117,7 @@ class _Search:
 
     def __init__(self, system, start, order, max_evals, min_improvement, bounds, accelerate,
                  on_run, max_level: int = 1, recheck: str = "all", wide: bool = False,
-                 min_level: int = 1) -> None:
+                 min_level: int = 1, raw_axes: bool = False) -> None:
         self.system, self.accelerate, self.on_run = system, accelerate, on_run
         # Replicates per compared point: min_level, raised by one each time a cycle improves
         # nothing, up to max_level (= min_level: stop there, Page's rule; see cycle()); "all"
@@ -112,7 +128,9 @@ class _Search:
         self.fixed = {k: v for k, v in start.items() if k not in system.space.names}
         self.start = {k: v for k, v in start.items() if k in system.space.names}
         self.origin = system.to_coords(start)
-        self.order = [system.names.index(_known(system, c)) for c in (order or system.names)]
+        self.order = [_axis(system, system.names.index(_known(system, c)))
+                      for c in (order or system.names)]
+        self.raw = _raw_axes(system) if raw_axes else []
         self.max_evals, self.threshold = max_evals, min_improvement
         self.bounds = box(system, bounds or {})
         # Plain SGD (a momentum-like parameter at 0) is the domain's end: out, unless started at.
@@ -141,13 +159,15 @@ class _Search:
         return (all(lo <= params[n] <= hi for n, (lo, hi) in self.bounds.items())
                 and all(params[n] != 0 for n in self.no_zero))
 
-    def place(self, key: tuple[int, ...], c: int) -> tuple[int, ...] | None:
+    def place(self, key: tuple[int, ...], c: _Direction) -> tuple[int, ...] | None:
         """``key`` if its point is in the box, else the nearest in-box key with the same
         coordinate ``c`` and invariants (the other free coordinates shifted by the fewest
         doublings, module docstring), else None."""
-        if (key, c) not in self.placed:
-            self.placed[key, c] = self._slide(key, c)
-        return self.placed[key, c]
+        if c.axis is None:  # a raw axis: no slide
+            return key if self.in_bounds(self.params(key)) else None
+        if (key, c.axis) not in self.placed:
+            self.placed[key, c.axis] = self._slide(key, c.axis)
+        return self.placed[key, c.axis]
 
     def _slide(self, key: tuple[int, ...], c: int) -> tuple[int, ...] | None:
         if self.in_bounds(self.params(key)):
@@ -190,9 +210,14 @@ class _Search:
         missing seeds). Before the first stop nothing changes, so a search that is on target
         early costs no more.
         """
+        # Refining (level > 1), ``raw_axes`` adds the raw parameters' own axes (α at fixed λ
+        # and ρ, ...): where the invariants are not flat (far from the weight-norm
+        # equilibrium, e.g. a short run), the optimum may lie along one of them, which the
+        # invariant coordinates reach only by moving two at once.
+        lines = self.order + (self.raw if self.level > 1 else [])
         failures = 0
-        while failures < len(self.order):
-            c = self.order[i % len(self.order)]
+        while failures < len(lines):
+            c = lines[i % len(lines)]
             improved = self.line_search(c)
             # After an improvement the coordinate counts as one failed search when both
             # lattice neighbours of the new best are known to lose (always so for
@@ -219,7 +244,8 @@ class _Search:
         for direction in (1, -1) if self.level > 1 and self.wide else ():
             if self.try_step(c, 2 * direction):
                 if self.accelerate:
-                    self.refine(c, self.best[c] - 2 * direction, self.best[c] + 2 * direction)
+                    b = c.pos(self.best)
+                    self.refine(c, b - 2 * direction, b + 2 * direction)
                 return True
         return False
 
@@ -233,7 +259,7 @@ class _Search:
         step = 2
         while self.try_step(c, direction * step):
             step *= 2
-        b = self.best[c]
+        b = c.pos(self.best)
         self.refine(c, b - direction * step // 2, b + direction * step)
 
     def refine(self, c: int, end_a: int, end_b: int) -> None:
@@ -244,7 +270,7 @@ class _Search:
         """
         lo, hi = sorted((end_a, end_b))
         while (m := self.probe(c, lo, hi)) is not None:
-            b = self.best[c]
+            b = c.pos(self.best)
             won = self.try_step(c, m - b)
             if m > b:
                 lo, hi = (b, hi) if won else (lo, m)
@@ -260,7 +286,7 @@ class _Search:
         parabola opens upwards or peaks outside the bracket). A probe out of bounds is moved
         halfway towards the best until it is in bounds.
         """
-        b = self.best[c]
+        b = c.pos(self.best)
         ys = [self.runs.get(_step(self.best, c, x - b)) for x in (lo, b, hi)]
         vertex = None if None in ys else parabola_vertex((lo, b, hi), [r.value for r in ys])
         if vertex is not None and lo < vertex < hi:
@@ -296,7 +322,7 @@ class _Search:
                 return False
         fresh = key not in self.runs
         incumbent = self.need(self.best, None, None)  # topped up to this level first
-        run = self.need(key, self.system.names[c], 2.0**k)
+        run = self.need(key, c.name, 2.0**k)
         won = run.value > incumbent.value + self.threshold
         if won:
             self.best, run.accepted = key, True
@@ -349,8 +375,29 @@ class _Search:
         )
 
 
-def _step(key: tuple[int, ...], c: int, k: int) -> tuple[int, ...]:
-    return key[:c] + (key[c] + k,) + key[c + 1 :]
+def _step(key: tuple[int, ...], c: _Direction, k: int) -> tuple[int, ...]:
+    return tuple(a + k * v for a, v in zip(key, c.vector, strict=True))
+
+
+def _axis(system: CoordinateSystem, index: int) -> _Direction:
+    unit = tuple(int(i == index) for i in range(len(system.names)))
+    return _Direction(unit, system.names[index], index)
+
+
+def _raw_axes(system: CoordinateSystem) -> list[_Direction]:
+    """Each raw parameter's own axis (×2 of it, the others fixed) in the lattice, where it is
+    a lattice direction and not already a coordinate: for u = λα/(1−ρ), 1−ρ, α these are
+    1−ρ at fixed λ, α (u ÷2, 1−ρ ×2) and α at fixed λ, ρ (u ×2, α ×2)."""
+    space, out = system.space, []
+    for name in space.names:
+        base = space.base_name(name)
+        column = [system.exponents(n)[base] for n in system.names]
+        if any(e.denominator != 1 for e in column):
+            continue
+        vector = tuple(int(e) for e in column)
+        if sum(map(abs, vector)) > 1:  # a unit vector is a coordinate already
+            out.append(_Direction(vector, f"{base} (raw)", None))
+    return out
 
 
 def _known(system: CoordinateSystem, name: str) -> str:

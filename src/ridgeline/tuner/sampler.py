@@ -127,6 +127,7 @@ class FlatDirectionSampler(BaseSampler):
         max_level: int = DEFAULT.max_level,
         recheck: str = DEFAULT.recheck,
         wide: bool = DEFAULT.wide,
+        raw_axes: bool = DEFAULT.raw_axes,
         max_evals: int | None = None,
         replicates: int = 1,
         order: Sequence[str] | None = None,
@@ -148,7 +149,7 @@ class FlatDirectionSampler(BaseSampler):
         if recheck not in RECHECKS:
             raise TuneError(f"recheck {recheck!r} is not one of {list(RECHECKS)}")
         self._search_args = dict(min_improvement=min_improvement, max_level=max_level,
-                                 recheck=recheck, wide=wide,
+                                 recheck=recheck, wide=wide, raw_axes=raw_axes,
                                  accelerate=line_search == "accelerate",
                                  max_evals=max_evals or 2**62, min_level=replicates,
                                  order=order)

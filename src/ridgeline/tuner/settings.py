@@ -37,6 +37,7 @@ class TunerSettings:
     max_level: int = MAX_LEVEL
     recheck: str = "best"
     wide: bool = True
+    raw_axes: bool = False
 
     def __post_init__(self) -> None:
         if self.line_search not in LINE_SEARCHES:
@@ -55,7 +56,8 @@ class TunerSettings:
 
 
 DEFAULT = TunerSettings()
-PAPER = TunerSettings(line_search="double", max_level=1, recheck="all", wide=False)
+PAPER = TunerSettings(line_search="double", max_level=1, recheck="all", wide=False,
+                      raw_axes=False)
 
 
 def threshold(noise_std: float | None) -> float:
