@@ -84,6 +84,12 @@ def make_objective(search_seed: int, data, lock: str | None):
     return objective
 
 
+def stop_at_target(study: optuna.Study, trial) -> None:
+    if trial.value is not None and trial.value >= BEST_KNOWN - TARGET:
+        study.set_user_attr("benchmark:stopped_at_target", trial.number)
+        study.stop()
+
+
 def summarise(study: optuna.Study) -> dict:
     rows, epochs, first = [], 0, None
     for t in study.trials:
@@ -102,7 +108,9 @@ def summarise(study: optuna.Study) -> dict:
     best = max((r for r in rows if r["test_acc"] is not None), key=lambda r: r["test_acc"],
                default=None)
     return {"runs": len(rows), "epochs": epochs, "to_target": first, "best": best,
-            "stopped": study.user_attrs.get(STOPPED_ATTR), "trials": rows}
+            "stopped": study.user_attrs.get(STOPPED_ATTR),
+            "stopped_at_target": study.user_attrs.get("benchmark:stopped_at_target"),
+            "trials": rows}
 
 
 def main() -> None:
@@ -110,6 +118,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=16, help="trials per search (total)")
     p.add_argument("--lock", default=None, help="flock this file around each training run")
+    p.add_argument("--stop-at-target", action="store_true",
+                   help="end a search at its first run on target (saves CPU; runs and epochs "
+                        "to target are unchanged, the search's own stop is then not measured)")
     args = p.parse_args()
     JOURNAL.parent.mkdir(parents=True, exist_ok=True)
     storage = ledger.open_storage(str(JOURNAL))
@@ -127,8 +138,10 @@ def main() -> None:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # killed: this is the
             # journal's only writer, so a RUNNING trial is one a killed run left; run it again
         done = len([t for t in study.trials if t.state.is_finished()])
-        if done < args.trials and STOPPED_ATTR not in study.user_attrs:
-            study.optimize(make_objective(s, data, args.lock), n_trials=args.trials - done)
+        over = {STOPPED_ATTR, "benchmark:stopped_at_target"} & study.user_attrs.keys()
+        if done < args.trials and not over:
+            study.optimize(make_objective(s, data, args.lock), n_trials=args.trials - done,
+                           callbacks=[stop_at_target] if args.stop_at_target else [])
         out["searches"][str(s)] = summarise(study)
         OUT.write_text(json.dumps(out, indent=1))
         print(s, {k: v for k, v in out["searches"][str(s)].items() if k != "trials"},
