@@ -36,6 +36,7 @@ from ridgeline.versions import versions
 ROOT = Path(__file__).parents[1]
 OUT = ROOT / "benchmarks" / "results" / "tuner_live.json"
 JOURNAL = ROOT / "benchmarks" / "results" / "tuner_live" / "tuner_live.journal"
+TARGET_ATTR = "benchmark:stopped_at_target"  # --stop-at-target ended the search here
 BAD = {"lr": 0.001, "momentum": 0.5, "weight_decay": 0.01}
 BEST_KNOWN, TARGET = 0.8059, 0.0033  # the table's best cell mean; one seed std
 
@@ -86,7 +87,7 @@ def make_objective(search_seed: int, data, lock: str | None):
 
 def stop_at_target(study: optuna.Study, trial) -> None:
     if trial.value is not None and trial.value >= BEST_KNOWN - TARGET:
-        study.set_user_attr("benchmark:stopped_at_target", trial.number)
+        study.set_user_attr(TARGET_ATTR, trial.number)
         study.stop()
 
 
@@ -109,7 +110,7 @@ def summarise(study: optuna.Study) -> dict:
                default=None)
     return {"runs": len(rows), "epochs": epochs, "to_target": first, "best": best,
             "stopped": study.user_attrs.get(STOPPED_ATTR),
-            "stopped_at_target": study.user_attrs.get("benchmark:stopped_at_target"),
+            "stopped_at_target": study.user_attrs.get(TARGET_ATTR),
             "trials": rows}
 
 
@@ -138,7 +139,7 @@ def main() -> None:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # killed: this is the
             # journal's only writer, so a RUNNING trial is one a killed run left; run it again
         done = len([t for t in study.trials if t.state.is_finished()])
-        over = {STOPPED_ATTR, "benchmark:stopped_at_target"} & study.user_attrs.keys()
+        over = {STOPPED_ATTR, TARGET_ATTR} & study.user_attrs.keys()
         if done < args.trials and not over:
             study.optimize(make_objective(s, data, args.lock), n_trials=args.trials - done,
                            callbacks=[stop_at_target] if args.stop_at_target else [])

@@ -202,25 +202,30 @@ def baseline(name: str):
     return make
 
 
+NO_RAW = {"raw_axes": False}  # the variants measured before raw axes were the default
 METHODS = {
-    "flat (default): recheck best, levels 8, wide": flat(),
-    "flat, default + raw axes": flat(raw_axes=True),
-    "flat, levels 1 (Page's stop)": flat(max_level=1, recheck="all", wide=False),
-    "flat, levels 2": flat(max_level=2, recheck="all", wide=False),
-    "flat, levels 3": flat(max_level=3, recheck="all", wide=False),
+    "flat (default): recheck best, levels 8, wide, raw axes": flat(),
+    "flat, recheck best, levels 8, wide (no raw axes)": flat(**NO_RAW),
+    "flat, levels 1 (Page's stop)": flat(max_level=1, recheck="all", wide=False, **NO_RAW),
+    "flat, levels 2": flat(max_level=2, recheck="all", wide=False, **NO_RAW),
+    "flat, levels 3": flat(max_level=3, recheck="all", wide=False, **NO_RAW),
     "flat, double, levels 3": flat(line_search="double", max_level=3, recheck="all",
-                                   wide=False),
-    "flat, recheck best, levels 8": flat(wide=False),
-    "flat, levels 3, wide": flat(max_level=3, recheck="all"),
+                                   wide=False, **NO_RAW),
+    "flat, recheck best, levels 8": flat(wide=False, **NO_RAW),
+    "flat, levels 3, wide": flat(max_level=3, recheck="all", **NO_RAW),
     "raw CD, levels 3 (all)": flat(RAW, max_level=3, recheck="all", wide=False),
-    "raw CD (default's settings)": flat(RAW),
+    "raw CD (default's settings)": flat(RAW),  # no invariants: its axes are the raw ones
     "TPE": baseline("TPE"),
     "GP": baseline("GP"),
     "random": baseline("random"),
     "CMA-ES": baseline("CMA-ES"),
 }
+# Earlier parts' labels -> today's (each old label straight to its final name).
 RENAMED = {"flat, levels 3 (default)": "flat, levels 3",
-           "flat, recheck best, levels 8, wide": "flat (default): recheck best, levels 8, wide",
+           "flat, recheck best, levels 8, wide": "flat, recheck best, levels 8, wide (no raw axes)",
+           "flat (default): recheck best, levels 8, wide":
+               "flat, recheck best, levels 8, wide (no raw axes)",
+           "flat, default + raw axes": "flat (default): recheck best, levels 8, wide, raw axes",
            "raw CD, levels 3": "raw CD, levels 3 (all)"}
 SLOW = {"GP"}  # fewer repetitions (--slow-reps): a GP fit per trial
 

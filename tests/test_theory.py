@@ -242,7 +242,7 @@ def test_toy_reaches_adamws_predicted_equilibrium_and_eta_lambda_is_flat(one_thr
                                                                                      0.9)
     # the hook's record says AdamW, so diagnose's per-phase check uses AdamW's prediction
     assert (base["optimizer"], base["beta1"]) == ("adamw", 0.9)
-    late = {k: v for k, v in base.items()}
+    late = dict(base)
     late["steps"] = base["steps"][len(base["steps"]) // 2:]
     late["lr"] = base["lr"][len(base["lr"]) // 2:]
     late["angle"] = {"fc": base["angle"]["fc"][len(base["steps"]) // 2:]}

@@ -341,3 +341,31 @@ def test_on_run_sees_each_judged_run_once():
     seen = []
     result = tune(bowl((2, -1, 0)), START, on_run=seen.append)
     assert seen == result.history and [r.run for r in seen] == list(range(1, 12))
+
+
+def test_raw_axes_are_each_raw_parameter_at_the_others_fixed():
+    from ridgeline.tuner.descent import _raw_axes
+
+    axes = {d.name: d.vector for d in _raw_axes(SYSTEM)}
+    # (u, 1-momentum, weight_decay): 1-momentum x2 at fixed lr, wd is u /2; wd x2 is u x2.
+    assert axes == {"1-momentum (raw)": (-1, 1, 0), "weight_decay (raw)": (1, 0, 1)}
+
+
+@pytest.mark.parametrize("raw_axes", [False, True])
+def test_refining_with_raw_axes_reaches_an_optimum_no_coordinate_step_can(raw_axes):
+    # A narrow valley along u = wd: any one-coordinate step from the start loses, the raw
+    # weight-decay axis (u x2, wd x2 at fixed lr and momentum) gains.
+    def valley(params, seed):
+        d = offsets(params)
+        return -10 * (d[0] - d[2]) ** 2 - (d[0] + d[2] - 2) ** 2 - d[1] ** 2
+
+    result = tune(valley, START, max_level=2, raw_axes=raw_axes)
+    raw = [r for r in result.history if (r.coordinate or "").endswith("(raw)")]
+    if not raw_axes:
+        assert not raw and [round(x) for x in offsets(result.best)] == [0, 0, 0]
+        return
+    assert [round(x) for x in offsets(result.best)] == [1, 0, 1]
+    moved = next(r for r in raw if r.coordinate == "weight_decay (raw)")
+    assert moved.params["lr"] == pytest.approx(START["lr"], rel=1e-12)
+    assert moved.params["momentum"] == pytest.approx(START["momentum"], rel=1e-12)
+    assert moved.params["weight_decay"] == pytest.approx(2 * START["weight_decay"], rel=1e-12)

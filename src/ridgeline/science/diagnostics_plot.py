@@ -19,9 +19,8 @@ def plot_diagnostics(diag: dict, path: str | Path, tol: float = 0.1) -> Path:
         axes[0].plot(steps, diag["angle"][name], lw=0.8, label=name)
         axes[1].plot(steps, ratios[i], lw=0.8)
         axes[2].plot(steps, diag["norm"][name], lw=1.0)
-    adamw = diag.get("optimizer") == "adamw"
     axes[0].plot(steps, theory.predicted_angles(diag), "k--", lw=2,
-                 label="√(2ηₜλ(1−β₁)/(1+β₁)) (AdamW)" if adamw else
+                 label="√(2ηₜλ(1−β₁)/(1+β₁)) (AdamW)" if _is_adamw(diag) else
                  "√(2λₜα·f(ρ))" + (" (Nesterov)" if diag.get("nesterov") else ""))
     if diag.get("nesterov"):
         axes[0].plot(steps, theory.predicted_angles(diag, nesterov=False), "k:", lw=1.5,
@@ -32,10 +31,14 @@ def plot_diagnostics(diag: dict, path: str | Path, tol: float = 0.1) -> Path:
     return save(fig, path)
 
 
+def _is_adamw(diag: dict) -> bool:
+    return diag.get("optimizer") == "adamw"  # records made before AdamW have no "optimizer"
+
+
 def _label(axes, diag: dict, tol: float) -> None:
     axes[0].set(ylabel="angle ∠(wₜ, wₜ₊₁) [rad]", yscale="log",
                 title=(f"AdamW η={diag['peak_lr']:g}, λ={diag['weight_decay']:g}, "
-                       f"β₁={diag['beta1']:g}" if diag.get("optimizer") == "adamw" else
+                       f"β₁={diag['beta1']:g}" if _is_adamw(diag) else
                        f"λ={diag['peak_lr']:g}, α={diag['weight_decay']:g}, "
                        f"ρ={diag['momentum']:g}") + f", logged every {diag['every']} steps")
     axes[0].legend(fontsize=7, ncol=2)

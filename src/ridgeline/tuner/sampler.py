@@ -403,7 +403,7 @@ def _may_speculate(study: optuna.Study, number: int | None) -> bool:
     ``SPECULATION_PER_WORKER`` trials per other running trial may finish after it started.
     Why: with one slow trial (a process starting, a busy host) the other workers would walk
     the whole branch in which it loses, and spend runs the search may never use."""
-    trials = study.get_trials(deepcopy=False, states=None)
+    trials = study.get_trials(deepcopy=False)
     running = [t.number for t in trials if t.state == TrialState.RUNNING and t.number != number]
     if not running:
         return True
