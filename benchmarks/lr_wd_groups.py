@@ -1,19 +1,23 @@
-"""Why is the λα ridge only partly flat at cpu-mini? Split λ×4, α÷4 by parameter group.
+"""Why is the lr·wd ridge only partly flat at cpu-mini? Move along it by parameter group.
 
 Theory experiment (b) (docs/theory.md) moved the whole net along λα = const: λ×4, α÷4 lost
 1.3 pp at cpu-mini. The flatness argument only covers the scale-invariant weights (the convs
-that feed a BatchNorm). This script applies λ×4, α÷4 to one group at a time, keeping the other
-at the preset's λ, α:
+that feed a BatchNorm). This script applies lr×k, wd÷k to one group at a time, keeping the
+other at the base point's lr, wd:
 
 * ``convs``: only the BN-fed conv weights move (the theory says: no change in accuracy);
-* ``rest``: only the BN affine parameters and the final linear layer move.
+* ``rest``: only the BN affine parameters and the final linear layer move;
+* ``all`` and ``none``: the whole net moved, and the base point, for the same seeds.
 
 If ``convs`` matches the baseline and ``rest`` carries the loss, the partial flatness comes from
-the parameters that are not scale-invariant, and the λα ridge would be flat at this scale with
-their λ, α held fixed. Results: benchmarks/results/lr_wd_groups.json.
+the parameters that are not scale-invariant, and the ridge would be flat at this scale with
+their lr, wd held fixed. The same product is AdamW's flat direction (ηλ, docs/adamw.md), so
+``--preset cpu-mini-adamw --k 0.25`` measures AdamW's ridge towards large λ, where the η×λ
+slice loses accuracy. Results: benchmarks/results/lr_wd_groups.json (SGD, k = 4) and
+benchmarks/results/adamw/lr_wd_groups.json (AdamW).
 
     RIDGELINE_DATA=../shared/data python benchmarks/lr_wd_groups.py [--seeds 0 1] \
-        [--groups convs rest]
+        [--groups convs rest] [--preset cpu-mini-adamw --lr 5.66e-3 --weight-decay 0.25 --k 0.25]
 """
 
 from __future__ import annotations
@@ -33,21 +37,27 @@ from ridgeline.science.diagnostics import conv_weights
 from ridgeline.science.param_groups import symmetric_param_groups
 from ridgeline.versions import versions
 
-OUT = Path(__file__).parent / "results" / "lr_wd_groups.json"
-K = 4.0  # λ×K, α÷K on the moved group
+RESULTS = Path(__file__).parent / "results"
+GROUPS = ("convs", "rest", "all", "none")
 
 
-def groups_for(moved: str, weight_decay: float):
-    """The ``setup`` callable of train(): SGD groups where ``moved`` gets λ×K and α÷K (the
-    symmetry experiment's groups at r = √K, without rescaling the weights)."""
+def groups_for(moved: str, weight_decay: float, k: float):
+    """The ``setup`` callable of train(): groups where ``moved`` gets lr×k and wd÷k (the
+    symmetry experiment's groups at r = √k, without rescaling the weights; plain dicts with
+    ``lr_scale``, so the same for SGD and AdamW). None for ``none``, the base point."""
+    if moved == "none":
+        return None
+
+    def everything(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+        return list(model.named_parameters())
 
     def not_convs(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         convs = {id(w) for _, w in conv_weights(model)}
         return [(n, p) for n, p in model.named_parameters() if id(p) not in convs]
 
     def setup(model: torch.nn.Module) -> list[dict]:
-        select = conv_weights if moved == "convs" else not_convs
-        return symmetric_param_groups(model, weight_decay, math.sqrt(K), select)
+        select = {"convs": conv_weights, "rest": not_convs, "all": everything}[moved]
+        return symmetric_param_groups(model, weight_decay, math.sqrt(k), select)
 
     return setup
 
@@ -55,29 +65,39 @@ def groups_for(moved: str, weight_decay: float):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--groups", nargs="+", default=["convs", "rest"],
-                        choices=["convs", "rest"])
+    parser.add_argument("--groups", nargs="+", default=["convs", "rest"], choices=GROUPS)
     parser.add_argument("--preset", default="cpu-mini")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--lr", type=float, help="base lr (default: the preset's)")
+    parser.add_argument("--weight-decay", type=float, help="base wd (default: the preset's)")
+    parser.add_argument("--k", type=float, default=4.0, help="moved group: lr×k, wd÷k")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     preset = get_preset(args.preset)
+    hp = preset.hparams.replace(lr=args.lr or preset.hparams.lr,
+                                weight_decay=args.weight_decay or preset.hparams.weight_decay)
+    out = args.out or (RESULTS / ("adamw" if hp.optimizer == "adamw" else "")
+                       / "lr_wd_groups.json")
+    old = json.loads(out.read_text()) if out.exists() else {}
+    if old and (old["preset"], old["k"], old["hparams"]) != (preset.name, args.k, hp.to_dict()):
+        raise SystemExit(f"{out} holds runs of another setting ({old['preset']}, k={old['k']}, "
+                         f"{old['hparams']}); pass --out for a new file")
     data = load_cifar10()
-    old = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = old.get("runs", {})
     for moved in args.groups:
         for seed in args.seeds:
             key = f"{moved}|{seed}"
             if key in runs:  # resumable: a finished run is kept, never repeated
                 continue
-            r = train(preset.hparams, preset, seed=seed, data=data,
-                      setup=groups_for(moved, preset.hparams.weight_decay))
+            r = train(hp, preset, seed=seed, data=data,
+                      setup=groups_for(moved, hp.weight_decay, args.k))
             runs[key] = {"moved": moved, "seed": seed, "test_acc": r.test_acc,
                          "diverged": r.diverged, "wall_time": r.wall_time}
-            print(f"{moved} λ×{K:g} α÷{K:g}, seed {seed}: {100 * r.test_acc:.2f}%", flush=True)
-            args.out.write_text(json.dumps({
+            print(f"{moved} lr×{args.k:g} wd÷{args.k:g}, seed {seed}: "
+                  f"{100 * (r.test_acc or 0):.2f}%", flush=True)
+            out.write_text(json.dumps({
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
-                "preset": preset.name, "k": K, "hparams": preset.hparams.to_dict(),
+                "preset": preset.name, "k": args.k, "hparams": hp.to_dict(),
                 "versions": versions(), "torch_threads": torch.get_num_threads(),
                 "runs": runs}, indent=1) + "\n")
 

@@ -150,6 +150,16 @@ def load_results() -> dict:
             "cpu_mini": [], "summary": {}}
 
 
+FOREIGN_MAX = 0.10  # a side whose foreign CPU exceeds this share of its training time is noisy
+
+
+def clean(pair: dict) -> bool:
+    """True if neither side of ``pair`` shared the cores much (foreign CPU ≤ FOREIGN_MAX of its
+    training time): the pairs to compare when the machine was not quiet throughout."""
+    return all(pair[side]["foreign_cpu_s"] <= FOREIGN_MAX * pair[side]["train_s"]
+               for side in ("peer", "ridgeline"))
+
+
 def summarise(res: dict) -> dict:
     summary = {}
     for label in sorted({p["label"] for p in res["pairs"]}):
@@ -163,6 +173,8 @@ def summarise(res: dict) -> dict:
             "acc_diff_pp": [p["ratios"]["acc_diff_pp"] for p in ps],
             "foreign_cpu_s": [[p["peer"]["foreign_cpu_s"], p["ridgeline"]["foreign_cpu_s"]]
                               for p in ps],
+            "clean": [clean(p) for p in ps],
+            "train_ratio_clean": [t for t, p in zip(tr, ps, strict=True) if clean(p)],
             "precision": [p.get("precision", "bf16") for p in ps],
             "cpu_flags": [p.get("cpu_flags") for p in ps],
             # issue #15: ≥1.0× in every pair (training and evaluation), 1.15× training as goal
@@ -211,7 +223,9 @@ def print_summary(res: dict) -> None:
                   f" | eval ratio {', '.join(f'{x:.2f}' for x in s['eval_ratio'])}"
                   f" | acc diff pp {', '.join(f'{x:+.2f}' for x in s['acc_diff_pp'])}")
             print("    foreign CPU s (peer/ridgeline): "
-                  + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in s.get("foreign_cpu_s", [])))
+                  + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in s.get("foreign_cpu_s", []))
+                  + f"; clean pairs (≤ {FOREIGN_MAX:.0%} foreign): training ratio "
+                  + ", ".join(f"{x:.2f}" for x in s.get("train_ratio_clean", [])))
             print("    " + "; ".join(f"{k}: {'met' if v else 'missed'}"
                                      for k, v in s.get("targets", {}).items()))
         else:

@@ -192,20 +192,19 @@ def test_an_adamw_run_records_its_optimizer_and_ignores_momentum(data):
 # ------------------------------------------------------------------ the placeholder preset
 
 
-def test_cpu_mini_adamw_is_cpu_mini_with_adamw_and_says_it_is_not_calibrated():
+def test_cpu_mini_adamw_is_cpu_mini_with_adamw_calibrated_on_the_slice():
     mini, adamw = get_preset("cpu-mini"), get_preset("cpu-mini-adamw")
     assert (adamw.width, adamw.train_size) == (mini.width, mini.train_size)
     same = ("batch_size", "epochs", "warmup_epochs")
     assert [getattr(adamw.hparams, k) for k in same] == [getattr(mini.hparams, k) for k in same]
-    assert adamw.hparams.optimizer == "adamw" and adamw.noise_std is None
-    assert adamw.run_seconds > 0 and "NOT CALIBRATED" in adamw.description
-    assert adamw.notes["calibrated"] is False
-    # the reasoning in presets.py: 1/(ηλ) = 500 steps = 3.2 epochs, cpu-mini's (1−ρ)/(2λα)
-    hp, m = adamw.hparams, mini.hparams
-    steps_per_epoch = mini.train_size // m.batch_size
-    assert theory.adamw_ema_timescale(hp.lr, hp.weight_decay) == pytest.approx(500)
-    assert theory.equilibration_steps(m.lr, m.weight_decay, m.momentum,
-                                      "norm_sq_decay") == pytest.approx(500)
+    assert adamw.hparams.optimizer == "adamw" and adamw.noise_std == pytest.approx(0.0015)
+    assert adamw.run_seconds > 0 and adamw.notes["calibrated"] is True
+    # a cell of the slice's grid (2e-3·√2 · 2^k), so its stored runs are the preset's
+    assert math.log2(adamw.hparams.lr / (2e-3 * math.sqrt(2))) == pytest.approx(2, abs=1e-8)
+    # the reasoning in presets.py: 1/(ηλ) = 707 steps = 4.5 epochs, inside the 12-epoch run
+    hp = adamw.hparams
+    steps_per_epoch = mini.train_size // hp.batch_size
+    assert theory.adamw_ema_timescale(hp.lr, hp.weight_decay) == pytest.approx(707.1, abs=0.1)
     assert 1 <= theory.adamw_ema_timescale(hp.lr, hp.weight_decay, steps_per_epoch) <= hp.epochs
 
 
@@ -228,7 +227,8 @@ def test_train_flags_set_the_optimizer_and_betas():
     assert hp == get_preset("cpu-mini-adamw").hparams
     _, hp = hparams_from_args(parse(["train", "--preset", "cpu-mini-adamw", "--optimizer",
                                      "sgd"]))
-    assert hp.optimizer == "sgd" and hp.lr == 2e-3  # only the optimiser changed
+    assert hp.optimizer == "sgd" and hp.lr == get_preset("cpu-mini-adamw").hparams.lr  # only
+    # the optimiser changed
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -240,6 +240,10 @@ def test_train_flags_set_the_optimizer_and_betas():
     (["sweep", "--slice", "lr-momentum", "--preset", "cpu-mini-adamw", "--dry-run"],
      "axis momentum is not used by optimizer 'adamw'"),
     (["reproduce", "--preset", "cpu-mini-adamw", "--dry-run"], "reproduce runs Page's SGD"),
+    (["sweep", "--slice", "lr-beta1", "--preset", "cpu-mini", "--dry-run"],
+     "axis beta1 is not used by optimizer 'sgd' (momentum is its momentum)"),
+    (["sweep", "--slice", "lr-beta1", "--preset", "cpu-mini-adamw", "--steps", "3", "9",
+      "--dry-run"], "1-beta1 would reach 1.6 > 1 about beta1=0.9"),
 ])
 def test_adamw_cli_errors_are_one_line(capsys, argv, needle):
     code = main(argv)
@@ -249,13 +253,40 @@ def test_adamw_cli_errors_are_one_line(capsys, argv, needle):
 
 def test_sweep_dry_run_of_an_adamw_lr_wd_slice(capsys):
     code = main(["sweep", "--slice", "lr-wd", "--preset", "cpu-mini-adamw", "--steps", "3",
-                 "--dry-run"])
+                 "--lr", "2e-3", "--weight-decay", "1", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0 and "lr-wd on cpu-mini-adamw: 9 runs" in out
     assert "lr: 0.001, 0.002, 0.004" in out and "weight_decay: 0.5, 1, 2" in out
 
 
+def test_sweep_dry_run_of_an_adamw_lr_beta1_slice_grids_one_minus_beta1(capsys):
+    code = main(["sweep", "--slice", "lr-beta1", "--preset", "cpu-mini-adamw", "--steps", "3",
+                 "--lr", "2e-3", "--beta1", "0.9", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0 and "lr-beta1 on cpu-mini-adamw: 9 runs" in out
+    assert "beta1: 0.95, 0.9, 0.8" in out
+
+
+def test_an_lr_beta1_grid_fits_eta_against_the_angle_s_beta1_factor():
+    from ridgeline.landscape import plots
+    from ridgeline.landscape.grid import make_grid
+
+    base = get_preset("tiny").hparams.replace(optimizer="adamw", lr=2e-3, weight_decay=0.5)
+    spec = make_grid("lr-beta1", "tiny", base=base, steps=(7, 3))
+    points = {}
+    for p in spec.points():  # a ridge along η(1−β₁)/(1+β₁) = 1e-4: the theory's angle
+        x = p.hparams.lr * (1 - p.hparams.beta1) / (1 + p.hparams.beta1)
+        points.setdefault(p.index, []).append(0.9 - 0.01 * math.log2(x / 1e-4) ** 2)
+    g = plots._grid_from_cells("g", spec, points)
+    assert g.row_axis == "beta1" and list(g.row_coord) == sorted(g.row_coord)
+    fit = plots.grid_fit(g)
+    assert fit.slope == pytest.approx(1.0, abs=0.05) and fit.x_name == "(1+β₁)/(1−β₁)"
+
+
 # ------------------------------------------------------------------ transfer --optimizer adamw
+
+
+PLACEHOLDER = ("--from", "lr=2e-3", "weight_decay=1")  # round numbers on cpu-mini-adamw
 
 
 def transfer_cli(capsys, *args):
@@ -265,7 +296,8 @@ def transfer_cli(capsys, *args):
 
 
 def test_transfer_of_an_adamw_preset_keeps_eta_lambda(capsys):
-    code, lines, _ = transfer_cli(capsys, "--preset", "cpu-mini-adamw", "--weight-decay", "0.5")
+    code, lines, _ = transfer_cli(capsys, "--preset", "cpu-mini-adamw", *PLACEHOLDER,
+                                      "--weight-decay", "0.5")
     assert code == 0
     assert lines[0] == "from  lr=0.002 weight_decay=1 batch_size=64 beta1=0.9"
     assert lines[1] == f"keep  {ADAMW_KEEP[0]}"
@@ -282,7 +314,7 @@ def test_transfer_of_an_adamw_preset_keeps_eta_lambda(capsys):
      "lr=0.002 weight_decay=2 batch_size=128 beta1=0.9"),  # τ in epochs kept, λ ∝ N
 ])
 def test_transfer_adamw_moves(capsys, args, to):
-    code, lines, _ = transfer_cli(capsys, "--preset", "cpu-mini-adamw", *args)
+    code, lines, _ = transfer_cli(capsys, "--preset", "cpu-mini-adamw", *PLACEHOLDER, *args)
     assert code == 0 and lines[2] == f"to    {to}"
 
 

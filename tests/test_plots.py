@@ -135,3 +135,17 @@ def test_grid_without_lr_is_plotted_without_a_fit(tmp_path):
     assert plots.grid_fit(g) is None
     assert plots.plot_grid(g, tmp_path / "m.png").stat().st_size > 0
     assert "momentum" in plots.markdown_table(g)
+
+
+def test_an_adamw_grid_names_its_axes_eta_and_lambda():
+    from ridgeline.presets import get_preset
+
+    base = get_preset("tiny").hparams.replace(optimizer="adamw", lr=2e-3, weight_decay=0.5)
+    spec = make_grid("lr-wd", "tiny", steps=(5, 3), base=base)
+    g = _grid(spec, lambda hp: 0.9 - 0.01 * math.log2(hp.lr * hp.weight_decay / 1e-3) ** 2)
+    assert g.optimizer == "adamw"
+    fit = plots.grid_fit(g)
+    assert fit.slope == pytest.approx(1.0, abs=1e-6)
+    assert "log η* vs log 1/λ" in fit.describe()
+    assert plots.markdown_table(g, fit).startswith("| weight_decay (1/λ) \\ lr (η) |")
+    assert plots._label("weight_decay", True, g.optimizer).endswith("theory η ∝ 1/λ, slope +1")

@@ -174,7 +174,7 @@ def test_toy_norm_ratio_follows_lambda_over_alpha(one_thread):
 
 
 def test_adamw_equilibrium_angle_values():
-    # √(2·2e-3·1.0·0.1/1.9) = 0.014510..., the cpu-mini-adamw placeholder at peak lr
+    # √(2·2e-3·1.0·0.1/1.9) = 0.014510...: cpu-mini-adamw's former placeholder at peak lr
     assert theory.adamw_equilibrium_angular_update(2e-3, 1.0, 0.9) == pytest.approx(
         0.0145095, rel=1e-5)
     assert theory.adamw_equilibrium_angular_update(0.01, 0.5, 0.0) == pytest.approx(0.1)

@@ -629,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_flags(p)
     p.add_argument("--slice", required=True, metavar="A-B",
                    help="lr-batch, lr-momentum, lr-wd (the paper's), or any two of "
-                        "lr, batch, momentum, wd")
+                        "lr, batch, momentum, wd (sgd) or beta1 (adamw)")
     p.add_argument("--steps", type=integer, nargs="+", default=[7], metavar="K",
                    help="grid points per axis (one value, or one per axis)")
     p.add_argument("--span", type=number, nargs="+", metavar="S",
@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta1", type=number, help="new β₁ (adamw only)")
     p.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="whose flat directions to keep (default: the preset's): sgd (Page's) "
-                        "or adamw (ηλ, theory only so far: docs/adamw.md)")
+                        "or adamw (ηλ, measured in docs/adamw.md)")
     p.add_argument("--keep", action="append", metavar="EXPR",
                    help="an invariant to hold, e.g. lr/batch_size (repeatable; default for "
                         "sgd: lr*weight_decay/((1-momentum)*batch_size), which keeps the "

@@ -3,8 +3,9 @@
 Each axis is ``steps`` points, log-uniform from centre·2^−span to centre·2^+span, the centre
 being the preset's value (or a --lr/--momentum/... override); the default span, (steps−1)/2,
 puts a factor of 2 between neighbours. ``momentum`` is gridded in 1−ρ (the quantity the paper's
-λ/(1−ρ) ridge is linear in), ``batch_size`` values are rounded to the nearest integer (two that
-round alike are an error). Every point is run for ``seeds`` seeds.
+λ/(1−ρ) ridge is linear in), and AdamW's ``beta1`` in 1−β₁ likewise; ``batch_size`` values are
+rounded to the nearest integer (two that round alike are an error). Every point is run for
+``seeds`` seeds.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from ridgeline.hparams import HParams
 from ridgeline.presets import get_preset
 from ridgeline.runs import ledger
 
-AXES = ("lr", "batch_size", "momentum", "weight_decay")
-SHORT = {"lr": "lr", "batch_size": "batch", "momentum": "momentum", "weight_decay": "wd"}
+AXES = ("lr", "batch_size", "momentum", "weight_decay", "beta1")
+SHORT = {"lr": "lr", "batch_size": "batch", "momentum": "momentum", "weight_decay": "wd",
+         "beta1": "beta1"}
+COMPLEMENTED = ("momentum", "beta1")  # gridded in 1−x, in [0, 1)
+OPTIMIZER_AXES = {"sgd": "momentum", "adamw": "beta1"}  # each optimiser's own momentum
 ALIASES = {**{v: k for k, v in SHORT.items()}, **{a: a for a in AXES}, "bs": "batch_size",
            "batch-size": "batch_size", "weight-decay": "weight_decay", "mom": "momentum"}
 SLICES = {"lr-batch": ("lr", "batch_size"), "lr-momentum": ("lr", "momentum"),
@@ -79,7 +83,7 @@ def parse_slice(text: str) -> tuple[str, str]:
     names = [ALIASES.get(p) for p in parts]
     if len(parts) != 2 or None in names or names[0] == names[1]:
         raise RidgelineError(
-            f"bad slice {text!r}: use A-B with two different of lr, batch, momentum, wd "
+            f"bad slice {text!r}: use A-B with two different of lr, batch, momentum, wd, beta1 "
             f"(the paper's: {', '.join(SLICES)})")
     return names[0], names[1]
 
@@ -96,8 +100,8 @@ def axis_values(name: str, centre: float, steps: int, span: float | None = None)
     if not (math.isfinite(span) and span >= 0):
         raise RidgelineError(f"span={span!r} for {name} is not allowed: it must be >= 0 octaves")
     offsets = [0.0] if steps == 1 else [-span + 2 * span * k / (steps - 1) for k in range(steps)]
-    if name == "momentum":
-        return _momentum_values(centre, offsets)
+    if name in COMPLEMENTED:
+        return _complement_values(name, centre, offsets)
     if not centre > 0:
         raise RidgelineError(f"cannot grid {name} in log2 about {centre!r}: its centre must be "
                              f"> 0 (set --{name.replace('_', '-')})")
@@ -111,11 +115,11 @@ def axis_values(name: str, centre: float, steps: int, span: float | None = None)
     return tuple(_clean(v) for v in vals)
 
 
-def _momentum_values(centre: float, offsets: list[float]) -> tuple:
+def _complement_values(name: str, centre: float, offsets: list[float]) -> tuple:
     gaps = [(1 - centre) * 2**o for o in offsets]
     if max(gaps) > 1:
-        raise RidgelineError(f"momentum grid leaves [0, 1): 1-momentum would reach {max(gaps):.3g}"
-                             f" > 1 about momentum={centre}: use a smaller span")
+        raise RidgelineError(f"{name} grid leaves [0, 1): 1-{name} would reach {max(gaps):.3g}"
+                             f" > 1 about {name}={centre}: use a smaller span")
     return tuple(_clean(1 - g) for g in gaps)
 
 
@@ -127,9 +131,12 @@ def make_grid(axes: tuple[str, str] | str, preset: str = "cpu-mini", base: HPara
         raise RidgelineError(f"axes {axes!r} are not allowed: pick two different of {AXES}")
     p = get_preset(preset)
     base = base or p.hparams
-    if base.optimizer == "adamw" and "momentum" in axes:
-        raise RidgelineError("axis momentum is not used by optimizer 'adamw' (β₁ is its "
-                             "momentum): sweep two of lr, batch_size, weight_decay")
+    for optimizer, axis in OPTIMIZER_AXES.items():
+        if base.optimizer != optimizer and axis in axes:
+            own = OPTIMIZER_AXES[base.optimizer]
+            raise RidgelineError(f"axis {axis} is not used by optimizer {base.optimizer!r} "
+                                 f"({own} is its momentum): sweep two of lr, batch_size, "
+                                 f"weight_decay, {own}")
     steps, spans = _per_axis(steps, "steps"), _per_axis(span, "span")
     if not (isinstance(seeds, int) and seeds >= 1):
         raise RidgelineError(f"seeds={seeds!r} is not allowed: it must be an int >= 1")

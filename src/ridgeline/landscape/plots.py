@@ -41,9 +41,28 @@ RIDGE_COORD = {
 }
 
 
-def _label(axis: str, vs_lr: bool) -> str:
-    sym, _, text = RIDGE_COORD[axis]
-    return text + (f"; theory λ ∝ {sym}, slope +1" if vs_lr and axis != "lr" else "")
+# AdamW's names for the same axes (docs/adamw.md): η the lr, λ the decoupled weight decay; its
+# ridge ηλ = const is slope +1 against 1/λ, as SGD's λα is against 1/α. For β₁ the theory's
+# equilibrium angle √(2ηλ(1−β₁)/(1+β₁)) is constant along η ∝ (1+β₁)/(1−β₁) at fixed λ.
+ADAMW_COORD = {
+    "lr": ("η", lambda v: v, "η (peak learning rate)"),
+    "weight_decay": ("1/λ", lambda v: 1 / v, "1/λ (λ = decoupled weight decay)"),
+    "beta1": ("(1+β₁)/(1−β₁)", lambda v: (1 + v) / (1 - v),
+              "(1+β₁)/(1−β₁) (β₁ = AdamW's first-moment decay)"),
+}
+
+
+def ridge_coord(axis: str, optimizer: str = "sgd") -> tuple:
+    """(symbol, transform, label) of an axis's ridge coordinate under ``optimizer``."""
+    if optimizer == "adamw" and axis in ADAMW_COORD:
+        return ADAMW_COORD[axis]
+    return RIDGE_COORD[axis]
+
+
+def _label(axis: str, vs_lr: bool, optimizer: str = "sgd") -> str:
+    sym, _, text = ridge_coord(axis, optimizer)
+    lr = ridge_coord("lr", optimizer)[0]
+    return text + (f"; theory {lr} ∝ {sym}, slope +1" if vs_lr and axis != "lr" else "")
 
 
 @dataclass
@@ -61,14 +80,18 @@ class Grid:
     n: np.ndarray  # finished, non-diverged seeds per cell
     n_diverged: np.ndarray
     seeds: int = 1
+    optimizer: str = "sgd"  # names the axes: λ, α (sgd) or η, λ (adamw)
+
+    def coord(self, axis: str) -> tuple:
+        return ridge_coord(axis, self.optimizer)
 
     @property
     def row_coord(self) -> np.ndarray:
-        return np.array([RIDGE_COORD[self.row_axis][1](v) for v in self.row_values], float)
+        return np.array([self.coord(self.row_axis)[1](v) for v in self.row_values], float)
 
     @property
     def col_coord(self) -> np.ndarray:
-        return np.array([RIDGE_COORD[self.col_axis][1](v) for v in self.col_values], float)
+        return np.array([self.coord(self.col_axis)[1](v) for v in self.col_values], float)
 
     @property
     def diverged(self) -> np.ndarray:
@@ -98,6 +121,7 @@ class RidgeFit:
     theory_slope: float = 1.0
     x_name: str = ""
     points: list[RidgePoint] = field(default_factory=list)
+    y_name: str = "λ"  # the lr's symbol (η for AdamW)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +131,7 @@ class RidgeFit:
             return f"ridge: too few fitted rows ({self.n_points}) for a slope"
         ci = ("" if self.ci is None
               else f", 95% CI [{self.ci[0]:.2f}, {self.ci[1]:.2f}]")
-        return (f"ridge slope of log λ* vs log {self.x_name}: {self.slope:.2f}{ci}, "
+        return (f"ridge slope of log {self.y_name}* vs log {self.x_name}: {self.slope:.2f}{ci}, "
                 f"n={self.n_points} (theory {self.theory_slope:+g})")
 
 
@@ -144,7 +168,7 @@ def _grid_from_cells(name: str, spec: GridSpec, accs: dict) -> Grid:
     t = (lambda a: a.T) if cols == 0 else (lambda a: a)  # → [rows, cols]
     grid = Grid(name, spec.axes[cols], spec.axes[rows], np.array(spec.values[cols], float),
                 np.array(spec.values[rows], float), t(mean), t(std), t(n), t(n_div),
-                len(spec.seeds))
+                len(spec.seeds), spec.base.optimizer)
     return _sort_rows(grid)
 
 
@@ -157,15 +181,15 @@ def _sort_rows(g: Grid) -> Grid:
 
 # ----------------------------------------------------------------------------- ridge fit
 
-def fit_ridge(lr_values, x_values, acc, theory_slope: float = 1.0, x_name: str = "x"
-              ) -> RidgeFit:
+def fit_ridge(lr_values, x_values, acc, theory_slope: float = 1.0, x_name: str = "x",
+              y_name: str = "λ") -> RidgeFit:
     """Fit log λ* = s·log x + b across rows of ``acc`` [len(x), len(lr)] (NaN = no value)."""
     lr_values, x_values = np.asarray(lr_values, float), np.asarray(x_values, float)
     acc = np.asarray(acc, float)
     points = [_row_peak(np.log2(lr_values), row, x) for x, row in zip(x_values, acc, strict=True)]
     points = [p for p in points if p is not None]
     used = [p for p in points if p.fitted]
-    fit = RidgeFit(None, None, None, len(used), theory_slope, x_name, points)
+    fit = RidgeFit(None, None, None, len(used), theory_slope, x_name, points, y_name)
     if len(used) >= 2:
         v = np.log2([p.x for p in used])
         u = np.log2([p.lr for p in used])
@@ -227,7 +251,7 @@ def grid_fit(grid: Grid) -> RidgeFit | None:
     if grid.col_axis != "lr":
         return None
     return fit_ridge(grid.col_values, grid.row_coord, grid.mean,
-                     x_name=RIDGE_COORD[grid.row_axis][0])
+                     x_name=grid.coord(grid.row_axis)[0], y_name=grid.coord("lr")[0])
 
 
 # ----------------------------------------------------------------------------- tables
@@ -247,7 +271,7 @@ def cell_status(grid: Grid, r: int, c: int) -> str:
 def write_csv(grid: Grid, path) -> Path:
     """One line per cell (long form, for pandas/spreadsheets)."""
     path = Path(path)
-    coord = RIDGE_COORD[grid.row_axis][0]
+    coord = grid.coord(grid.row_axis)[0]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([grid.col_axis, grid.row_axis, coord, "mean_test_acc", "std_test_acc",
@@ -263,8 +287,9 @@ def write_csv(grid: Grid, path) -> Path:
 
 def markdown_table(grid: Grid, fit: RidgeFit | None = None) -> str:
     """Rows = the other hyperparameter, columns = λ; the best cell of each row in bold."""
-    sym = SYMBOLS.get(grid.col_axis, grid.col_axis)
-    head = f"| {grid.row_axis} ({RIDGE_COORD[grid.row_axis][0]}) \\ {grid.col_axis} ({sym}) | "
+    sym = grid.coord(grid.col_axis)[0] if grid.col_axis == "lr" else SYMBOLS.get(grid.col_axis,
+                                                                                   grid.col_axis)
+    head = f"| {grid.row_axis} ({grid.coord(grid.row_axis)[0]}) \\ {grid.col_axis} ({sym}) | "
     head += " | ".join(_fmt(v) for v in grid.col_values) + " |"
     lines = [head, "|" + "---|" * (len(grid.col_values) + 1)]
     for r, (rv, x) in enumerate(zip(grid.row_values, grid.row_coord, strict=True)):
@@ -356,8 +381,9 @@ def _annotate(ax, grid: Grid, mesh, x, y) -> None:
 
 
 def _draw_fit(ax, fit: RidgeFit, x) -> None:
-    for fitted, label in ((True, "best λ per column (fitted)"),
-                          (False, "best λ at an edge/gap (not fitted)")):
+    lr = fit.y_name
+    for fitted, label in ((True, f"best {lr} per column (fitted)"),
+                          (False, f"best {lr} at an edge/gap (not fitted)")):
         pts = [p for p in fit.points if p.fitted is fitted]
         if pts:
             ax.plot([p.x for p in pts], [p.lr for p in pts], "o", ms=4, mec="red",
@@ -389,8 +415,8 @@ def _axes(ax, grid: Grid, x, y) -> None:
         axis.set_minor_locator(NullLocator())
     ax.set_xlim(_edges(x)[[0, -1]])
     ax.set_ylim(_edges(y)[[0, -1]])
-    ax.set_xlabel(_label(grid.row_axis, grid.col_axis == "lr"), fontsize=8)
-    ax.set_ylabel(_label(grid.col_axis, False), fontsize=8)
+    ax.set_xlabel(_label(grid.row_axis, grid.col_axis == "lr", grid.optimizer), fontsize=8)
+    ax.set_ylabel(_label(grid.col_axis, False, grid.optimizer), fontsize=8)
     ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
 

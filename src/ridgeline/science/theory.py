@@ -15,7 +15,8 @@ Notation: λ learning rate, ρ momentum, α coupled L2 weight decay (torch SGD `
 AdamW (issue #18) has formulas of its own, below the SGD ones, in its usual notation: η the
 learning rate, λ the *decoupled* weight decay in torch's convention (w ← w·(1 − ηλ) before
 Adam's step, so the decay per step is ηλ), β₁ the first-moment decay. Its flat direction is
-ηλ, not η: theory only here, not yet measured on ResNet-9 (docs/adamw.md).
+ηλ, not η; measured on ResNet-9 in docs/adamw.md (it places the optimum where decay
+equilibrates within the run, and only the scale-invariant convs are flat along it).
 """
 
 from __future__ import annotations

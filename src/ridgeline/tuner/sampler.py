@@ -86,7 +86,8 @@ DEFAULT_INVARIANTS = ("lr*weight_decay/(1-momentum)",)
 # "adamw": AdamW's flat direction ηλ (science.theory.adamw_equilibrium_angular_update, Kosson
 # et al. 2024; the EMA time scale 1/(ηλ), Wang & Aitchison 2025), so with start over
 # (lr, weight_decay[, beta1]) the coordinates are ηλ, λ and, if tuned, 1−β₁ (λ and β₁ free,
-# lr derived). Theory only: the ridge is not measured yet (docs/adamw.md).
+# lr derived). Measured in docs/adamw.md: on cpu-mini's η×λ table it is slower than TPE from
+# two of three starts (the ridge bends where decay no longer equilibrates within the run).
 INVARIANT_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sgd": (DEFAULT_INVARIANTS, ("momentum",)),
     "adamw": (("lr*weight_decay",), ("beta1",)),
