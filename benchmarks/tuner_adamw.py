@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--slow-reps", type=int, default=10, help="GP's (a GP fit a trial)")
     parser.add_argument("--journal", type=Path, default=JOURNAL)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--sigma", type=float, help="seed std in pp (default: the preset's)")
     parser.add_argument("--target", type=float, default=TARGET, help="pp below the best cell")
     parser.add_argument("--out-json", type=Path, default=OUT_JSON)
@@ -194,7 +195,7 @@ def main() -> None:
     t0 = time.process_time()
     results: dict = {}
     for start_name, start in starts(table).items():
-        for method in METHODS:
+        for method in args.methods:
             n = args.slow_reps if method == "GP" else args.reps
             s = summarise([run(method, table, sigma, start, rep, preset.hparams.epochs,
                                args.target) for rep in range(n)])
