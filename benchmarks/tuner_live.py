@@ -10,6 +10,11 @@ is counted in epochs trained; a PercentilePruner(90, warm-up 1 epoch) stops clea
 so other measurements can take turns between trials.
 
     RIDGELINE_DATA=../shared/data python benchmarks/tuner_live.py --seeds 0 1 2 --trials 16
+
+``--sampler tpe`` runs Optuna's TPESampler (seeded by the search seed, Page's bad start
+enqueued as its first trial, the training seed 1000·s + trial number) in studies of its own,
+``live-bad-tpe-seed{s}``, into benchmarks/results/tuner_live_tpe.json: the same objective,
+pruner and target, for the comparison at the same budget.
 """
 
 from __future__ import annotations
@@ -63,14 +68,16 @@ def cpu_lock(path: str | None):
     time.sleep(2)  # let a waiting measurement take its turn
 
 
-def make_objective(search_seed: int, data, lock: str | None):
+def make_objective(search_seed: int, data, lock: str | None, flat: bool = True):
     preset = get_preset("cpu-mini")
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-5, 100, log=True)
         momentum = trial.suggest_float("momentum", 0.0, 0.999)
         wd = trial.suggest_float("weight_decay", 1e-7, 1, log=True)
-        replicate = trial.suggest_int("seed", 0, 999)
+        # the flat sampler sets the replicate index; other samplers would model it as a
+        # hyperparameter, so their runs take the trial number
+        replicate = trial.suggest_int("seed", 0, 999) if flat else trial.number
         hp = HParams(**{**preset.hparams.to_dict(), "lr": lr, "momentum": momentum,
                         "weight_decay": wd})
         with cpu_lock(lock):
@@ -118,6 +125,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=16, help="trials per search (total)")
+    p.add_argument("--sampler", choices=("flat", "tpe"), default="flat")
     p.add_argument("--lock", default=None, help="flock this file around each training run")
     p.add_argument("--stop-at-target", action="store_true",
                    help="end a search at its first run on target (saves CPU; runs and epochs "
@@ -129,22 +137,28 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu_model(),
            "threads": torch.get_num_threads(), "versions": versions(),
            "best_known": BEST_KNOWN, "target": TARGET, "start": BAD, "searches": {}}
+    flat = args.sampler == "flat"
+    out_path = OUT if flat else OUT.with_name("tuner_live_tpe.json")
     for s in args.seeds:
-        sampler = FlatDirectionSampler(start=BAD, seed=s)
+        sampler = (FlatDirectionSampler(start=BAD, seed=s) if flat
+                   else optuna.samplers.TPESampler(seed=s))
         pruner = optuna.pruners.PercentilePruner(90.0, n_startup_trials=5, n_warmup_steps=1)
-        study = optuna.create_study(study_name=f"live-bad-seed{s}", storage=storage,
-                                    direction="maximize", sampler=sampler, pruner=pruner,
-                                    load_if_exists=True)
+        study = optuna.create_study(study_name=f"live-bad-{'' if flat else 'tpe-'}seed{s}",
+                                    storage=storage, direction="maximize", sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+        if not flat and not study.trials:
+            study.enqueue_trial(BAD)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # killed: this is the
             # journal's only writer, so a RUNNING trial is one a killed run left; run it again
         done = len([t for t in study.trials if t.state.is_finished()])
         over = {STOPPED_ATTR, TARGET_ATTR} & study.user_attrs.keys()
         if done < args.trials and not over:
-            study.optimize(make_objective(s, data, args.lock), n_trials=args.trials - done,
+            study.optimize(make_objective(s, data, args.lock, flat), n_trials=args.trials - done,
                            callbacks=[stop_at_target] if args.stop_at_target else [])
         out["searches"][str(s)] = summarise(study)
-        OUT.write_text(json.dumps(out, indent=1))
+        out["sampler"] = args.sampler
+        out_path.write_text(json.dumps(out, indent=1))
         print(s, {k: v for k, v in out["searches"][str(s)].items() if k != "trials"},
               flush=True)
 

@@ -67,9 +67,10 @@ PRESETS: dict[str, Preset] = {
     # η = 8e-3·√2, λ = 0.125, 3 seeds 80.07 / 79.90 / 80.20 %. Same network, data, N and
     # schedule as cpu-mini; only the optimiser differs. λ is decoupled, torch's convention
     # (w ← w·(1 − ηₜλ) per step). 1/(ηλ) = 707 steps = 4.5 epochs at peak lr: inside the
-    # run, so decay equilibrates (docs/adamw.md, diagnose). Its neighbour λ = 0.0625 (ηλ
-    # halved, 1/(ηλ) = 9 epochs) is level (80.08 ± 0.06 %); below λ ≈ 0.125 the slice is a
-    # plateau in λ, above it accuracy falls along the ηλ ridge. β₁, β₂ are torch's defaults.
+    # run, so decay can equilibrate (diagnose: in equilibrium in the decay's middle third).
+    # Its neighbour λ = 0.0625 (ηλ halved, 1/(ηλ) = 9 epochs) is level (80.08 ± 0.06 %);
+    # from λ ≈ 0.25 down the slice is a plateau in λ, above it accuracy falls along the ηλ
+    # ridge. β₁, β₂ are torch's defaults.
     "cpu-mini-adamw": Preset(
         name="cpu-mini-adamw",
         hparams=HParams(lr=0.0113137085, momentum=0.9, weight_decay=0.125, batch_size=64,
