@@ -32,12 +32,12 @@ from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tuner_sampler import CAP, summarise  # noqa: E402
+from tuner_sampler import CAP, Objective, outcome, summarise  # noqa: E402
 
 from ridgeline.figures import new_figure, save  # noqa: E402
 from ridgeline.presets import get_preset  # noqa: E402
 from ridgeline.runs import ledger  # noqa: E402
-from ridgeline.tuner.sampler import STOPPED_ATTR, FlatDirectionSampler  # noqa: E402
+from ridgeline.tuner.sampler import FlatDirectionSampler  # noqa: E402
 from ridgeline.versions import versions  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
@@ -122,16 +122,9 @@ def run(method: str, table: Table, sigma: float, start: dict, rep: int, epochs: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study.optimize(objective(table, sigma, rep, flat), n_trials=CAP)
-    points = [t.user_attrs["point"] for t in study.trials if "point" in t.user_attrs]
-    first = next((i for i, p in enumerate(points, 1)
-                  if table.value(p) >= table.best - target), None)
-    best = max((t for t in study.trials if t.state == TrialState.COMPLETE),
-               key=lambda t: t.value, default=None)
-    return {"runs_to_target": first, "epochs_to_target": None if first is None else
-            first * epochs, "runs_total": len(points),
-            "final_regret": None if best is None else
-            table.best - table.value(best.user_attrs["point"]),
-            "stopped": study.user_attrs.get(STOPPED_ATTR)}
+    # tuner_sampler's Objective for its hit/regret rules; its own __call__ is SGD's, unused
+    landscape = Objective(table.value, sigma, table.box(), target, table.best, lambda p: epochs)
+    return outcome(study, landscape)
 
 
 def starts(table: Table) -> dict[str, dict]:
@@ -194,7 +187,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # after the journal's open: NaN = FAIL
     t0 = time.process_time()
     results: dict = {}
-    for start_name, start in starts(table).items():
+    start_points = starts(table)
+    for start_name, start in start_points.items():
         for method in args.methods:
             n = args.slow_reps if method == "GP" else args.reps
             s = summarise([run(method, table, sigma, start, rep, preset.hparams.epochs,
@@ -209,7 +203,7 @@ def main() -> None:
         "cpu_seconds": round(time.process_time() - t0),
         "config": {"cap": CAP, "sigma_pp": sigma, "target_pp": args.target, "best_pp": table.best,
                    "study": STUDY, "cells": len(table.cells), "shape": table.shape,
-                   "starts": starts(table), "reps": args.reps, "slow_reps": args.slow_reps},
+                   "starts": start_points, "reps": args.reps, "slow_reps": args.slow_reps},
         "results": results,
     }
     args.out_json.write_text(json.dumps(report, indent=1) + "\n")

@@ -136,7 +136,8 @@ def main() -> None:
     data = load_cifar10()
     out = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": cpu_model(),
            "threads": torch.get_num_threads(), "versions": versions(),
-           "best_known": BEST_KNOWN, "target": TARGET, "start": BAD, "searches": {}}
+           "best_known": BEST_KNOWN, "target": TARGET, "start": BAD, "sampler": args.sampler,
+           "searches": {}}
     flat = args.sampler == "flat"
     out_path = OUT if flat else OUT.with_name("tuner_live_tpe.json")
     for s in args.seeds:
@@ -157,7 +158,6 @@ def main() -> None:
             study.optimize(make_objective(s, data, args.lock, flat), n_trials=args.trials - done,
                            callbacks=[stop_at_target] if args.stop_at_target else [])
         out["searches"][str(s)] = summarise(study)
-        out["sampler"] = args.sampler
         out_path.write_text(json.dumps(out, indent=1))
         print(s, {k: v for k, v in out["searches"][str(s)].items() if k != "trials"},
               flush=True)

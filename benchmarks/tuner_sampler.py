@@ -239,6 +239,13 @@ def run(method: str, objective: Objective, start: dict, rep: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         study.optimize(objective(rep, isinstance(sampler, FlatDirectionSampler)), n_trials=CAP)
+    return outcome(study, objective)
+
+
+def outcome(study: optuna.Study, objective) -> dict:
+    """A finished study's runs and epochs to target, runs, final regret and stop reason, from
+    the ``point`` user attr of its trials; ``objective`` has ``hit``, ``clean``, ``best`` and
+    ``epochs`` (an Objective, or any landscape with them: benchmarks/tuner_adamw.py)."""
     points = [t.user_attrs["point"] for t in study.trials if "point" in t.user_attrs]
     first = next((i for i, p in enumerate(points, 1) if objective.hit(p)), None)
     epochs = None if first is None else sum(objective.epochs(p) for p in points[:first])
