@@ -1,7 +1,16 @@
+import copy
+
 import pytest
 import torch
 
-from ridgeline.cifar.model import ResNet9, count_params, flops_per_image, scale_invariant_convs
+from ridgeline.cifar.model import (
+    ConvBN,
+    ResNet9,
+    count_params,
+    flops_per_image,
+    fold_batchnorm,
+    scale_invariant_convs,
+)
 
 
 def test_width_1_has_paper_parameter_count():
@@ -29,3 +38,46 @@ def test_flop_count_matches_paper_budget():
     # 50k images x 24 epochs x (forward + 2x backward) ~= 2.7 PFLOP, as the GPU issue states.
     total = 50_000 * 24 * 3 * flops_per_image(1.0)
     assert 2.6e15 < total < 2.8e15
+
+
+def _relu_then_pool(m: ResNet9) -> ResNet9:
+    """The same net in Page's order (conv → BN → ReLU → pool) and with the same weights."""
+    for block in m.modules():
+        if isinstance(block, ConvBN) and isinstance(block[2], torch.nn.MaxPool2d):
+            block[2], block[3] = block[3], block[2]
+    return m
+
+
+def test_relu_after_pool_is_pages_function_and_gradient():
+    torch.manual_seed(0)
+    ours = ResNet9(0.125)
+    assert [type(b[2]).__name__ for b in (ours.layer1[0], ours.layer2)] == ["MaxPool2d"] * 2
+    pages = _relu_then_pool(copy.deepcopy(ours))
+    assert isinstance(pages.layer1[0][2], torch.nn.ReLU)
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    for m in (ours, pages):
+        torch.nn.functional.cross_entropy(m(x) * 100, y).backward()  # ×100: large gradients
+    torch.testing.assert_close(ours(x), pages(x), rtol=0, atol=0)
+    for a, b in zip(ours.parameters(), pages.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_folded_batchnorm_predicts_like_eval_mode(fmt):
+    torch.manual_seed(1)
+    m = ResNet9(0.125).to(memory_format=fmt)
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        m(torch.randn(64, 3, 32, 32) * 3 + 1)
+        for bn in (b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.5, 0.5)
+    folded = fold_batchnorm(m)
+    assert m.training and not folded.training  # the original is left as it was
+    assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in folded.modules())
+    assert folded.prep[0].weight.is_contiguous(memory_format=fmt)
+    x = torch.randn(32, 3, 32, 32).to(memory_format=fmt)
+    with torch.no_grad():
+        expected = m.eval()(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
+    assert (folded(x).argmax(1) == expected.argmax(1)).all()

@@ -236,6 +236,11 @@ def test_evaluation_batch_size_and_prepared_images_agree():
     assert 0.0 <= new <= 1.0 and len(test.test_labels) == 1200
     assert abs(new - old) <= 3 / 1200 and abs(odd - new) <= 3 / 1200  # bf16 kernels per size
     assert model.training  # evaluate() puts train mode back
+    folded = evaluate(model, prepared, test.test_labels, cpu, torch.bfloat16, fold=True)
+    assert abs(folded - new) <= 3 / 1200 and model.training  # BN folded: rounding only
+    fp32 = prepare_images(test.test_images, cpu, torch.float32)
+    assert (evaluate(model, fp32, test.test_labels, cpu, None, fold=True)
+            == evaluate(model, fp32, test.test_labels, cpu, None))
 
 
 def test_eval_times_are_recorded_per_epoch_and_in_total(data):

@@ -8,21 +8,29 @@ scale-invariant: the property the paper's flat directions rest on.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 
 class ConvBN(nn.Sequential):
-    """3×3 conv → BatchNorm → ReLU, optionally → 2×2 max-pool."""
+    """3×3 conv → BatchNorm → ReLU, optionally → 2×2 max-pool.
+
+    Trick "ReLU after the pool": a pooled block runs conv → BN → pool → ReLU. The function is
+    Page's (ReLU is monotone, so max∘relu = relu∘max, gradients included), but the ReLU and its
+    backward touch 4× fewer elements: steps 1.08× faster at N=512 on a 2-core EPYC
+    (docs/throughput.md). Parameters and state_dict keys are those of Page's order.
+    """
 
     def __init__(self, c_in: int, c_out: int, pool: bool = False):
         layers = [
             nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
             nn.BatchNorm2d(c_out),
+            *([nn.MaxPool2d(2)] if pool else []),
             nn.ReLU(inplace=True),
         ]
-        if pool:
-            layers.append(nn.MaxPool2d(2))
         super().__init__(*layers)
 
 
@@ -53,6 +61,23 @@ class ResNet9(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.linear(self.pool(x).flatten(1)) * self.logit_scale
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with each BatchNorm folded into the conv before it.
+
+    Trick "conv-BN folded for evaluation": in eval mode BN is a per-channel affine map, so it
+    can be merged into the conv's weights and a bias (torch.nn.utils.fuse_conv_bn_eval); the
+    test pass then skips 8 BN ops a batch. The copy is in eval mode; ``model`` is untouched.
+    """
+    folded = copy.deepcopy(model).eval()
+    for m in folded.modules():
+        if isinstance(m, ConvBN):
+            cl = m[0].weight.is_contiguous(memory_format=torch.channels_last)
+            conv = fuse_conv_bn_eval(m[0], m[1])  # keep the layout the model was given:
+            conv.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            m[0], m[1] = conv, nn.Identity()
+    return folded
 
 
 def scale_invariant_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:

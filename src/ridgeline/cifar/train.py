@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ridgeline.cifar import augment
-from ridgeline.cifar.model import ResNet9
+from ridgeline.cifar.model import ResNet9, fold_batchnorm
 from ridgeline.errors import HParamError, RidgelineError
 from ridgeline.hparams import HParams
 from ridgeline.presets import Preset, get_preset
@@ -270,8 +270,13 @@ def prepare_images(images: torch.Tensor, dev, dtype: torch.dtype,
 
 @torch.inference_mode()  # trick "inference_mode": no autograd bookkeeping at all (≤ no_grad)
 def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = EVAL_BATCH,
-             memory_format: torch.memory_format = torch.channels_last) -> float:
+             memory_format: torch.memory_format = torch.channels_last,
+             fold: bool = False) -> float:
     """Test accuracy over the whole set, in eval mode (BatchNorm running statistics).
+
+    ``fold`` evaluates :func:`fold_batchnorm`'s copy (BN merged into the convs: 1.5× faster
+    on a 2-core EPYC, the same predictions up to rounding). train() folds unless it compiled
+    the model: a copy of a compiled module would not be the module it compiled.
 
     ``images`` are uint8 (normalised here, batch by batch) or already :func:`prepare_images`d,
     as train() does once per run (trick "test set prepared once": normalised in the amp dtype
@@ -280,21 +285,22 @@ def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = EVAL_BATCH
     test set against 1.20-1.41 s at 1,000-2,500 (the activations stay in cache). The correct
     count stays on the device until one read at the end.
     """
-    model.eval()
+    was_training = model.training
+    net = fold_batchnorm(model) if fold else model.eval()
     correct = torch.zeros((), dtype=torch.long, device=dev)
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size]
         if x.dtype == torch.uint8:
             x = prepare_images(x, dev, torch.float32, memory_format)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(x)
+            out = net(x)
         correct += (out.argmax(1) == labels[i:i + batch_size].to(dev)).sum()
-    model.train()
+    model.train(was_training)
     return correct.item() / len(images)
 
 
 def warm_up(model, opt, pair, labels, test_x, test_y, hp: HParams, dev, amp_dtype,
-            memory_format: torch.memory_format, reps: int = 3) -> float:
+            memory_format: torch.memory_format, reps: int = 3, fold: bool = False) -> float:
     """Compile and autotune outside the timed loop; returns its seconds.
 
     ``reps`` forward+backward passes on one training batch of the real shape and ``reps``
@@ -315,7 +321,7 @@ def warm_up(model, opt, pair, labels, test_x, test_y, hp: HParams, dev, amp_dtyp
     n_eval = min(EVAL_BATCH, len(test_y))
     for _ in range(reps):
         evaluate(model, test_x[:n_eval], test_y[:n_eval], dev, amp_dtype,
-                 memory_format=memory_format)
+                 memory_format=memory_format, fold=fold)
     model.load_state_dict(state)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -451,7 +457,8 @@ def train(
                       mode=compile_mode if compile_backend == "inductor" else None)
     warmup_time = 0.0
     if (compile_mode is not None) if warmup is None else warmup:
-        warmup_time = warm_up(model, opt, pair, labels, test_x, test_y, hp, dev, amp_dtype, fmt)
+        warmup_time = warm_up(model, opt, pair, labels, test_x, test_y, hp, dev, amp_dtype, fmt,
+                              fold=compile_mode is None)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
@@ -562,7 +569,7 @@ def train(
             lap("other")
             t_eval = time.perf_counter()
             entry["test_acc"] = evaluate(model, test_x, test_y, dev, amp_dtype,
-                                         memory_format=fmt)
+                                         memory_format=fmt, fold=compile_mode is None)
             entry["eval_seconds"] = time.perf_counter() - t_eval
             eval_total += entry["eval_seconds"]
             lap("eval")
@@ -583,7 +590,7 @@ def train(
         lap("other")
         t_eval = time.perf_counter()
         test_acc = evaluate(model, test_x, test_y, dev, amp_dtype,
-                            memory_format=fmt)
+                            memory_format=fmt, fold=compile_mode is None)
         eval_time = time.perf_counter() - t_eval
         eval_total += eval_time
         lap("eval")
