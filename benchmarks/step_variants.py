@@ -29,6 +29,7 @@ rotated every round; ``foreign_cpu_s`` records other processes' CPU meanwhile. R
 benchmarks/results/step_variants.json (CPU model and flags, threads, versions).
 
     flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --rounds 3   # ~15 min
+    flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --ab 12      # ~4 min
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from ridgeline.versions import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "step_variants.json"
+AB_OUT = ROOT / "benchmarks" / "results" / "step_variants_ab.json"
 VARIANTS = {  # name: (environment, child options)
     "eager": ({}, {}),
     "omp-active": ({"OMP_WAIT_POLICY": "ACTIVE"}, {}),
@@ -73,7 +75,7 @@ def order_pool(model: nn.Module, pool_first: bool) -> nn.Module:
     """Put MaxPool before (or after) ReLU in every pooled ConvBN: the same function."""
     for m in model.modules():
         if isinstance(m, ConvBN) and len(m) == 4:
-            pool, relu = sorted(m[2:], key=lambda x: not isinstance(x, nn.MaxPool2d))
+            pool, relu = (m[2], m[3]) if isinstance(m[2], nn.MaxPool2d) else (m[3], m[2])
             m[2], m[3] = (pool, relu) if pool_first else (relu, pool)
     return model
 
@@ -188,27 +190,56 @@ def summarise(rounds: list[list[dict]]) -> dict:
     return med
 
 
+def ab_pool_order(reps: int) -> dict:
+    """Both pool orders in one process, alternating step batches: the drift of a shared host
+    between processes (±20 % over minutes here) cancels within each adjacent pair."""
+    preset, out = get_preset("cpu-mini"), {}
+    for batch, steps in ((512, 3), (64, 15)):
+        hp = preset.hparams.replace(batch_size=batch)
+        models = {o: build(preset.width, {"pool_first": o == "pool-first"}, hp)
+                  for o in ("relu-first", "pool-first")}
+        times = {o: [] for o in models}
+        for _ in tqdm(range(reps), desc=f"A/B N={batch}"):
+            for o, (m, opt) in models.items():
+                times[o].append(statistics.median(time_steps(m, opt, batch, torch.bfloat16,
+                                                             1, steps)[1:]))
+        ratios = [a / b for a, b in zip(times["relu-first"], times["pool-first"], strict=True)]
+        out[str(batch)] = {"steps_per_rep": steps, "ms": {o: [round(1e3 * t, 2) for t in ts]
+                                                          for o, ts in times.items()},
+                           "ratio_median": statistics.median(ratios),  # > 1: pool first faster
+                           "reps_pool_first_faster": sum(r > 1 for r in ratios), "reps": reps}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="rounds over all variants")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--ab", type=int, metavar="REPS",
+                   help="instead: time both pool orders alternately in one process, REPS times"
+                        f" (writes {AB_OUT.relative_to(ROOT)})")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         a.child_out.write_text(json.dumps(child(a.child)))
         return
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": git_commit(ROOT), "cpu": cpu_name(), "cpu_flags": cpu_flags(),
+            "threads": torch.get_num_threads(), "versions": versions()}
+    if a.ab is not None:
+        if a.ab < 1:
+            p.error(f"--ab must be >= 1, got {a.ab}")
+        write(meta | {"pool_order": ab_pool_order(a.ab)}, AB_OUT)
+        return
     names = a.variants.split(",")
     bad = [n for n in names if n not in VARIANTS]
     if bad or a.rounds < 1:
         p.error(f"unknown variant {bad[0]!r}; allowed: {', '.join(VARIANTS)}" if bad
                 else f"--rounds must be >= 1, got {a.rounds}")
-    out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "commit": git_commit(ROOT), "cpu": cpu_name(), "cpu_flags": cpu_flags(),
-           "threads": torch.get_num_threads(), "versions": versions(),
-           "batches": {str(b): {"repeats": r, "steps": s} for b, (r, s) in BATCHES.items()},
-           "rounds": []}
+    out = meta | {"batches": {str(b): {"repeats": r, "steps": s}
+                              for b, (r, s) in BATCHES.items()}, "rounds": []}
     with tqdm(total=a.rounds * len(names), desc="variants") as bar:
         for i in range(a.rounds):
             rnd = []
@@ -226,16 +257,16 @@ def main() -> None:
             out["rounds"].append(rnd)
             ok = [[r for r in rn if "error" not in r] for rn in out["rounds"]]
             out["summary"] = summarise(ok)
-            write(out)
+            write(out, OUT)
     print(json.dumps(out["summary"], indent=1))
 
 
-def write(out: dict) -> None:
+def write(out: dict, path: Path) -> None:
     """Atomic: a crash mid-write keeps the previous file."""
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
-    tmp.replace(OUT)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
