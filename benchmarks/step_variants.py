@@ -5,9 +5,12 @@ a training ratio above ~1.1× needs a faster *step*. This times the pure step (f
 backward + fused SGD on one fixed batch, bf16 autocast, channels_last) at the issue's job
 (width ¼, N=512) and at cpu-mini (N=64), and the 10k-image evaluation, under each variant:
 
-- ``eager``: ridgeline's step as ``train()`` runs it (the baseline; before commit 1 after
-  ef0b0b9 its pooled blocks ran Page's order, conv → BN → ReLU → pool);
+- ``eager``: ridgeline's step as ``train()`` runs it, malloc thresholds included (the
+  baseline; until 575e90d its pooled blocks ran Page's order, conv → BN → ReLU → pool);
 - ``omp-active`` / ``omp-passive``: oneDNN/OpenMP thread waiting (``OMP_WAIT_POLICY``);
+- ``omp-bind``: OpenMP threads pinned one per core (``OMP_PROC_BIND=close OMP_PLACES=cores``);
+- ``thp``: malloc'd memory on transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``,
+  glibc ≥ 2.35; fewer TLB misses on the activations);
 - ``fpmath-bf16``: an fp32 model whose convs oneDNN runs in bf16
   (``torch.backends.mkldnn.fp32_precision = "bf16"``: BatchNorm and ReLU stay fp32);
 - ``pool-before-relu`` / ``relu-before-pool``: the pooled blocks in either order, the same
@@ -51,7 +54,7 @@ from tqdm import tqdm
 from vs_cifar10_fast import cpu_flags, cpu_name, git_commit, run_child  # benchmarks/ on sys.path
 
 from ridgeline.cifar.model import ConvBN, ResNet9, fold_batchnorm
-from ridgeline.cifar.train import evaluate, make_optimizer
+from ridgeline.cifar.train import evaluate, keep_freed_memory, make_optimizer
 from ridgeline.presets import get_preset
 from ridgeline.versions import versions
 
@@ -62,6 +65,8 @@ VARIANTS = {  # name: (environment, child options)
     "eager": ({}, {}),
     "omp-active": ({"OMP_WAIT_POLICY": "ACTIVE"}, {}),
     "omp-passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),
+    "omp-bind": ({"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, {}),
+    "thp": ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, {}),
     "fpmath-bf16": ({}, {"fpmath_bf16": True}),
     "pool-before-relu": ({}, {"pool_first": True}),
     "relu-before-pool": ({}, {"pool_first": False}),
@@ -154,10 +159,12 @@ def op_profile(model, opt, batch: int, amp, steps: int = 3) -> dict:
 def child(name: str) -> dict:
     env, opts = VARIANTS[name]
     preset = get_preset("cpu-mini")
+    malloc_tuned = keep_freed_memory()  # as train() does on a CPU: no page faults per step
     if opts.get("fpmath_bf16"):
         torch.backends.mkldnn.fp32_precision = "bf16"  # oneDNN convs/matmuls in bf16
     amp = None if opts.get("fpmath_bf16") else torch.bfloat16
-    res = {"variant": name, "env": env, "threads": torch.get_num_threads(), "step_s": {}}
+    res = {"variant": name, "env": env, "threads": torch.get_num_threads(),
+           "malloc_tuned": malloc_tuned, "step_s": {}}
     for batch, (repeats, steps) in BATCHES.items():
         model, opt = build(preset.width, opts, preset.hparams.replace(batch_size=batch))
         res["step_s"][batch] = time_steps(model, opt, batch, amp, repeats, steps)
@@ -167,7 +174,19 @@ def child(name: str) -> dict:
                 res["profile_n512"] = op_profile(model, opt, batch, amp)
                 model.eval()
                 res["eval_folded_s"] = time_eval(fold_batchnorm(model), amp)
+    res["anon_huge_kb"] = _anon_huge_kb()
     return res
+
+
+def _anon_huge_kb() -> int | None:
+    """This process's memory on transparent huge pages (did ``thp`` take effect?)."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def summarise(rounds: list[list[dict]]) -> dict:
@@ -193,7 +212,7 @@ def summarise(rounds: list[list[dict]]) -> dict:
 def ab_pool_order(reps: int) -> dict:
     """Both pool orders in one process, alternating step batches: the drift of a shared host
     between processes (±20 % over minutes here) cancels within each adjacent pair."""
-    preset, out = get_preset("cpu-mini"), {}
+    preset, out = get_preset("cpu-mini"), {"malloc_tuned": keep_freed_memory()}
     for batch, steps in ((512, 3), (64, 15)):
         hp = preset.hparams.replace(batch_size=batch)
         models = {o: build(preset.width, {"pool_first": o == "pool-first"}, hp)
