@@ -32,7 +32,9 @@ rotated every round; ``foreign_cpu_s`` records other processes' CPU meanwhile. R
 benchmarks/results/step_variants.json (CPU model and flags, threads, versions).
 
     flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --rounds 3   # ~15 min
-    flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --ab 12      # ~4 min
+    flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --ab 12      # ~3 min
+    flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --variants eager,thp \
+        --rounds 6 --out benchmarks/results/step_variants_thp.json               # ~6 min
 """
 
 from __future__ import annotations
@@ -210,8 +212,9 @@ def summarise(rounds: list[list[dict]]) -> dict:
 
 
 def ab_pool_order(reps: int) -> dict:
-    """Both pool orders in one process, alternating step batches: the drift of a shared host
-    between processes (±20 % over minutes here) cancels within each adjacent pair."""
+    """Both pool orders, then evaluation with and without BN folded, in one process,
+    alternating: the drift of a shared host between processes (±20 % over minutes here)
+    cancels within each adjacent pair."""
     preset, out = get_preset("cpu-mini"), {"malloc_tuned": keep_freed_memory()}
     for batch, steps in ((512, 3), (64, 15)):
         hp = preset.hparams.replace(batch_size=batch)
@@ -227,6 +230,17 @@ def ab_pool_order(reps: int) -> dict:
                                                           for o, ts in times.items()},
                            "ratio_median": statistics.median(ratios),  # > 1: pool first faster
                            "reps_pool_first_faster": sum(r > 1 for r in ratios), "reps": reps}
+    model = build(preset.width, {}, preset.hparams)[0]
+    model(torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last))  # BN stats
+    model.eval()
+    times = {"bn": [], "folded": []}
+    for _ in tqdm(range(reps), desc="A/B eval"):
+        times["bn"].append(min(time_eval(model, torch.bfloat16, repeats=1)))
+        times["folded"].append(min(time_eval(fold_batchnorm(model), torch.bfloat16, repeats=1)))
+    ratios = [a / b for a, b in zip(times["bn"], times["folded"], strict=True)]
+    out["eval_10k"] = {"s": {k: [round(t, 3) for t in v] for k, v in times.items()},
+                       "ratio_median": statistics.median(ratios),  # > 1: folded faster
+                       "reps_folded_faster": sum(r > 1 for r in ratios), "reps": reps}
     return out
 
 
@@ -238,6 +252,7 @@ def main() -> None:
     p.add_argument("--ab", type=int, metavar="REPS",
                    help="instead: time both pool orders alternately in one process, REPS times"
                         f" (writes {AB_OUT.relative_to(ROOT)})")
+    p.add_argument("--out", type=Path, default=OUT, help="results file of the variant rounds")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -276,7 +291,7 @@ def main() -> None:
             out["rounds"].append(rnd)
             ok = [[r for r in rn if "error" not in r] for rn in out["rounds"]]
             out["summary"] = summarise(ok)
-            write(out, OUT)
+            write(out, a.out)
     print(json.dumps(out["summary"], indent=1))
 
 

@@ -274,7 +274,7 @@ def evaluate(model, images, labels, dev, amp_dtype, batch_size: int = EVAL_BATCH
              fold: bool = False) -> float:
     """Test accuracy over the whole set, in eval mode (BatchNorm running statistics).
 
-    ``fold`` evaluates :func:`fold_batchnorm`'s copy (BN merged into the convs: 1.5× faster
+    ``fold`` evaluates :func:`fold_batchnorm`'s copy (BN merged into the convs: 1.06× faster
     on a 2-core EPYC, the same predictions up to rounding). train() folds unless it compiled
     the model: a copy of a compiled module would not be the module it compiled.
 
