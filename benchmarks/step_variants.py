@@ -15,7 +15,7 @@ backward + fused SGD on one fixed batch, bf16 autocast, channels_last) at the is
   (``torch.backends.mkldnn.fp32_precision = "bf16"``: BatchNorm and ReLU stay fp32);
 - ``pool-before-relu`` / ``relu-before-pool``: the pooled blocks in either order, the same
   function (ReLU commutes with max-pool); pool first runs ReLU on 4× fewer elements and is
-  ridgeline's order now (measured at ef0b0b9, when ``eager`` was ReLU first);
+  ridgeline's order now, so ``pool-before-relu`` repeats ``eager``: a check of the noise;
 - ``compile-default`` / ``compile-max-autotune``: ``torch.compile`` of the model (inductor
   fuses BN + ReLU + pool into generated kernels; the convs stay oneDNN);
 - evaluation also with conv-BN folded (``ridgeline.cifar.model.fold_batchnorm``, which
@@ -174,7 +174,6 @@ def child(name: str) -> dict:
             res["eval_s"] = time_eval(model, amp)
             if name == "eager":
                 res["profile_n512"] = op_profile(model, opt, batch, amp)
-                model.eval()
                 res["eval_folded_s"] = time_eval(fold_batchnorm(model), amp)
     res["anon_huge_kb"] = _anon_huge_kb()
     return res
@@ -225,11 +224,9 @@ def ab_pool_order(reps: int) -> dict:
             for o, (m, opt) in models.items():
                 times[o].append(statistics.median(time_steps(m, opt, batch, torch.bfloat16,
                                                              1, steps)[1:]))
-        ratios = [a / b for a, b in zip(times["relu-first"], times["pool-first"], strict=True)]
         out[str(batch)] = {"steps_per_rep": steps, "ms": {o: [round(1e3 * t, 2) for t in ts]
-                                                          for o, ts in times.items()},
-                           "ratio_median": statistics.median(ratios),  # > 1: pool first faster
-                           "reps_pool_first_faster": sum(r > 1 for r in ratios), "reps": reps}
+                                                          for o, ts in times.items()}}
+        out[str(batch)] |= _ab_ratios(times["relu-first"], times["pool-first"], "pool_first")
     model = build(preset.width, {}, preset.hparams)[0]
     model(torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last))  # BN stats
     model.eval()
@@ -237,11 +234,16 @@ def ab_pool_order(reps: int) -> dict:
     for _ in tqdm(range(reps), desc="A/B eval"):
         times["bn"].append(min(time_eval(model, torch.bfloat16, repeats=1)))
         times["folded"].append(min(time_eval(fold_batchnorm(model), torch.bfloat16, repeats=1)))
-    ratios = [a / b for a, b in zip(times["bn"], times["folded"], strict=True)]
-    out["eval_10k"] = {"s": {k: [round(t, 3) for t in v] for k, v in times.items()},
-                       "ratio_median": statistics.median(ratios),  # > 1: folded faster
-                       "reps_folded_faster": sum(r > 1 for r in ratios), "reps": reps}
+    out["eval_10k"] = {"s": {k: [round(t, 3) for t in v] for k, v in times.items()}}
+    out["eval_10k"] |= _ab_ratios(times["bn"], times["folded"], "folded")
     return out
+
+
+def _ab_ratios(base: list[float], new: list[float], name: str) -> dict:
+    """Median of the per-rep time ratios base/new (> 1: ``name`` faster), and how often."""
+    ratios = [a / b for a, b in zip(base, new, strict=True)]
+    return {"ratio_median": statistics.median(ratios),
+            f"reps_{name}_faster": sum(r > 1 for r in ratios), "reps": len(ratios)}
 
 
 def main() -> None:
@@ -250,7 +252,8 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--ab", type=int, metavar="REPS",
-                   help="instead: time both pool orders alternately in one process, REPS times"
+                   help="instead: time both pool orders, then evaluation with and without BN"
+                        " folded, alternately in one process, REPS times"
                         f" (writes {AB_OUT.relative_to(ROOT)})")
     p.add_argument("--out", type=Path, default=OUT, help="results file of the variant rounds")
     p.add_argument("--child", help=argparse.SUPPRESS)

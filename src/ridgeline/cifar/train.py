@@ -455,10 +455,11 @@ def train(
     if compile_mode is not None:
         model.compile(backend=compile_backend,
                       mode=compile_mode if compile_backend == "inductor" else None)
+    fold = compile_mode is None  # trick "conv-BN folded for evaluation" (see evaluate())
     warmup_time = 0.0
     if (compile_mode is not None) if warmup is None else warmup:
         warmup_time = warm_up(model, opt, pair, labels, test_x, test_y, hp, dev, amp_dtype, fmt,
-                              fold=compile_mode is None)
+                              fold=fold)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
     steps_per_epoch = n_train // hp.batch_size  # drop_last
     total_steps = steps_per_epoch * hp.epochs
@@ -569,7 +570,7 @@ def train(
             lap("other")
             t_eval = time.perf_counter()
             entry["test_acc"] = evaluate(model, test_x, test_y, dev, amp_dtype,
-                                         memory_format=fmt, fold=compile_mode is None)
+                                         memory_format=fmt, fold=fold)
             entry["eval_seconds"] = time.perf_counter() - t_eval
             eval_total += entry["eval_seconds"]
             lap("eval")
@@ -590,7 +591,7 @@ def train(
         lap("other")
         t_eval = time.perf_counter()
         test_acc = evaluate(model, test_x, test_y, dev, amp_dtype,
-                            memory_format=fmt, fold=compile_mode is None)
+                            memory_format=fmt, fold=fold)
         eval_time = time.perf_counter() - t_eval
         eval_total += eval_time
         lap("eval")
