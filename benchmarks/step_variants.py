@@ -11,6 +11,8 @@ backward + fused SGD on one fixed batch, bf16 autocast, channels_last) at the is
 - ``omp-bind``: OpenMP threads pinned one per core (``OMP_PROC_BIND=close OMP_PLACES=cores``);
 - ``thp``: malloc'd memory on transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``,
   glibc ≥ 2.35; fewer TLB misses on the activations);
+- ``thp-torch``: the same through PyTorch's own CPU allocator switch (``THP_MEM_ALLOC_ENABLE=1``,
+  huge pages for tensors ≥ 2 MB);
 - ``fpmath-bf16``: an fp32 model whose convs oneDNN runs in bf16
   (``torch.backends.mkldnn.fp32_precision = "bf16"``: BatchNorm and ReLU stay fp32);
 - ``pool-before-relu`` / ``relu-before-pool``: the pooled blocks in either order, the same
@@ -35,6 +37,8 @@ benchmarks/results/step_variants.json (CPU model and flags, threads, versions).
     flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --ab 12      # ~3 min
     flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --variants eager,thp \
         --rounds 6 --out benchmarks/results/step_variants_thp.json               # ~6 min
+    flock /tmp/ridgeline-cpu.lock python benchmarks/step_variants.py --variants eager,thp-torch \
+        --rounds 6 --out benchmarks/results/step_variants_thp_torch.json         # ~6 min
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ VARIANTS = {  # name: (environment, child options)
     "omp-passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, {}),
     "omp-bind": ({"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, {}),
     "thp": ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, {}),
+    "thp-torch": ({"THP_MEM_ALLOC_ENABLE": "1"}, {}),
     "fpmath-bf16": ({}, {"fpmath_bf16": True}),
     "pool-before-relu": ({}, {"pool_first": True}),
     "relu-before-pool": ({}, {"pool_first": False}),

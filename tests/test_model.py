@@ -81,3 +81,25 @@ def test_folded_batchnorm_predicts_like_eval_mode(fmt):
         expected = m.eval()(x)
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
     assert (folded(x).argmax(1) == expected.argmax(1)).all()
+
+
+def test_relu_after_pool_trains_bit_identically_in_bf16():
+    """Under bf16 autocast too: max and ReLU are exact, so SGD steps give the very same weights."""
+    torch.manual_seed(2)
+    ours = ResNet9(0.125).to(memory_format=torch.channels_last)
+    pages = _relu_then_pool(copy.deepcopy(ours))
+    start = ours.prep[0].weight.detach().clone()
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    for m in (ours, pages):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4)
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b in zip(ours.parameters(), pages.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours.prep[0].weight, start)  # the steps moved the weights

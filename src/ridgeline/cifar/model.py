@@ -21,7 +21,7 @@ class ConvBN(nn.Sequential):
     Trick "ReLU after the pool": a pooled block runs conv → BN → pool → ReLU. The function is
     Page's (ReLU is monotone, so max∘relu = relu∘max, gradients included), but the ReLU and its
     backward touch 4× fewer elements: steps 1-2 % faster on a 2-core EPYC, and bf16 training
-    is bit-identical (docs/throughput.md). Parameters and state_dict keys are Page's order's.
+    is bit-identical (test_model.py, docs/throughput.md). State_dict keys are Page's order's.
     """
 
     def __init__(self, c_in: int, c_out: int, pool: bool = False):
